@@ -1,0 +1,297 @@
+//! The hot cache shared by the services: a [`Cache`] trait, a Redis implementation for
+//! production and an in-process one for the embedded default.
+//!
+//! The cache is never the system of record. Its operations cannot fail from the caller's point
+//! of view: an unreachable, slow or paused Redis turns into a miss (logged), so losing Redis
+//! costs speed, never answers.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// Which implementation is behind a [`Cache`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheBackend {
+    Redis,
+    InProcess,
+}
+
+#[async_trait]
+pub trait Cache: Send + Sync + 'static {
+    /// The value under `key`, or `None` on a miss or when the cache cannot be reached.
+    async fn get(&self, key: &str) -> Option<Vec<u8>>;
+    /// Stores `value` under `key` for at most `ttl`.
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration);
+    /// Removes `key`; callers invalidate after every committed change of what it holds.
+    async fn delete(&self, key: &str);
+    fn backend(&self) -> CacheBackend;
+}
+
+/// The key of one customer's entry of a given kind, e.g. `crm:customer:{acme/0193…}`.
+///
+/// The braces are a Redis Cluster hash tag: every key of one customer lands in one slot, and
+/// tenants spread across the cluster. The tenant leads the tag, as it leads every table.
+pub fn customer_key(kind: &str, tenant: &str, customer_id: &str) -> String {
+    format!("crm:{kind}:{{{tenant}/{customer_id}}}")
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("REDIS_URL is not a valid Redis URL: {0}")]
+pub struct InvalidRedisUrl(String);
+
+/// Redis through one multiplexed [`ConnectionManager`] shared by every request.
+///
+/// The first connection is made in the background and retried until it succeeds, so a service
+/// starts and stays ready while Redis is down; the manager reconnects by itself afterwards.
+#[derive(Clone)]
+pub struct RedisCache {
+    connection: Arc<OnceLock<ConnectionManager>>,
+    operation_timeout: Duration,
+}
+
+impl RedisCache {
+    /// Checks the URL now and starts connecting in the background. Must run inside a Tokio
+    /// runtime.
+    pub fn connect(url: &str, operation_timeout: Duration) -> Result<Self, InvalidRedisUrl> {
+        let client = redis::Client::open(url).map_err(|error| InvalidRedisUrl(error.to_string()))?;
+        let connection = Arc::new(OnceLock::new());
+        let slot = Arc::clone(&connection);
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(operation_timeout.max(Duration::from_millis(500))))
+            .set_response_timeout(Some(operation_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+                    Ok(manager) => {
+                        tracing::info!("redis cache connected");
+                        let _ = slot.set(manager);
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "redis cache unreachable, serving without it");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            connection,
+            operation_timeout,
+        })
+    }
+
+    /// Validates a URL without connecting (for `crm config check`).
+    pub fn validate_url(url: &str) -> Result<(), InvalidRedisUrl> {
+        redis::Client::open(url)
+            .map(|_| ())
+            .map_err(|error| InvalidRedisUrl(error.to_string()))
+    }
+
+    /// Whether the first connection has been made.
+    pub fn is_connected(&self) -> bool {
+        self.connection.get().is_some()
+    }
+
+    /// Waits up to `limit` for the first connection (tests and start-up warm-up).
+    pub async fn wait_connected(&self, limit: Duration) -> bool {
+        let started = Instant::now();
+        while !self.is_connected() {
+            if started.elapsed() >= limit {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    fn manager(&self) -> Option<ConnectionManager> {
+        self.connection.get().cloned()
+    }
+}
+
+#[async_trait]
+impl Cache for RedisCache {
+    async fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let mut manager = self.manager()?;
+        match tokio::time::timeout(self.operation_timeout, manager.get::<_, Option<Vec<u8>>>(key)).await {
+            Ok(Ok(value)) => value,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "redis cache get failed, treating as a miss");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("redis cache get timed out, treating as a miss");
+                None
+            }
+        }
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) {
+        let Some(mut manager) = self.manager() else { return };
+        let seconds = ttl.as_secs().max(1);
+        match tokio::time::timeout(
+            self.operation_timeout,
+            manager.set_ex::<_, _, ()>(key, value, seconds),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "redis cache set failed"),
+            Err(_) => tracing::warn!("redis cache set timed out"),
+        }
+    }
+
+    async fn delete(&self, key: &str) {
+        let Some(mut manager) = self.manager() else { return };
+        match tokio::time::timeout(self.operation_timeout, manager.del::<_, ()>(key)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "redis cache delete failed"),
+            Err(_) => tracing::warn!("redis cache delete timed out"),
+        }
+    }
+
+    fn backend(&self) -> CacheBackend {
+        CacheBackend::Redis
+    }
+}
+
+#[derive(Clone)]
+struct LocalEntry {
+    value: Arc<[u8]>,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<String, LocalEntry> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        entry: &LocalEntry,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        entry: &LocalEntry,
+        _updated_at: Instant,
+        _remaining: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+/// The embedded default: a bounded in-process cache (moka) with a TTL per entry.
+#[derive(Clone)]
+pub struct LocalCache {
+    entries: moka::sync::Cache<String, LocalEntry>,
+}
+
+impl LocalCache {
+    pub fn new(max_entries: u64) -> Self {
+        Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(PerEntryTtl)
+                .build(),
+        }
+    }
+}
+
+#[async_trait]
+impl Cache for LocalCache {
+    async fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.entries.get(key).map(|entry| entry.value.to_vec())
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) {
+        self.entries.insert(
+            key.to_owned(),
+            LocalEntry {
+                value: Arc::from(value),
+                ttl,
+            },
+        );
+    }
+
+    async fn delete(&self, key: &str) {
+        self.entries.invalidate(key);
+    }
+
+    fn backend(&self) -> CacheBackend {
+        CacheBackend::InProcess
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn round_trip(cache: &dyn Cache, key: &str) {
+        assert_eq!(cache.get(key).await, None);
+        cache.set(key, b"value", Duration::from_secs(30)).await;
+        assert_eq!(cache.get(key).await.as_deref(), Some(&b"value"[..]));
+        cache.delete(key).await;
+        assert_eq!(cache.get(key).await, None);
+    }
+
+    fn unique_key() -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        customer_key("test", "cache-tests", &format!("{}-{nanos}", std::process::id()))
+    }
+
+    #[test]
+    fn customer_keys_are_hash_tagged_by_tenant_and_customer() {
+        assert_eq!(customer_key("score", "acme", "42"), "crm:score:{acme/42}");
+    }
+
+    #[tokio::test]
+    async fn local_cache_round_trips_and_expires() {
+        let cache = LocalCache::new(100);
+        round_trip(&cache, "k").await;
+        cache.set("short", b"v", Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(cache.get("short").await, None);
+    }
+
+    /// Needs a real Redis: `REDIS_URL`. Skips without it, except under CI where it fails.
+    #[tokio::test]
+    async fn redis_cache_round_trips() {
+        let Ok(url) = std::env::var("REDIS_URL") else {
+            assert!(std::env::var("CI").is_err(), "REDIS_URL must be set under CI");
+            eprintln!("skipping: REDIS_URL is not set");
+            return;
+        };
+        let cache = RedisCache::connect(&url, Duration::from_millis(500)).unwrap();
+        assert!(
+            cache.wait_connected(Duration::from_secs(5)).await,
+            "redis at {url} did not connect"
+        );
+        round_trip(&cache, &unique_key()).await;
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_is_a_miss_not_an_error() {
+        // Port 1 on loopback: nothing listens there, so every connection attempt is refused.
+        let cache = RedisCache::connect("redis://127.0.0.1:1", Duration::from_millis(100)).unwrap();
+        let started = Instant::now();
+        cache.set("k", b"v", Duration::from_secs(5)).await;
+        assert_eq!(cache.get("k").await, None);
+        cache.delete("k").await;
+        assert!(!cache.is_connected());
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}

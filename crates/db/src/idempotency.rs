@@ -1,0 +1,120 @@
+//! Idempotency records for `request_id` (AIP-155).
+//!
+//! The record is written in the same transaction as the change it guards, and written first:
+//! `INSERT … ON CONFLICT DO NOTHING` takes the write lock at once (no read-to-write upgrade on
+//! SQLite) and, on PostgreSQL, makes a concurrent duplicate wait for the first to commit and
+//! then see its record. A replay returns the stored response; the same id with another
+//! payload is refused.
+
+mod m20261122_000001_create_idempotency_records;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sea_orm::entity::prelude::*;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ConnectionTrait, QueryFilter, Set};
+
+pub use m20261122_000001_create_idempotency_records::Migration;
+
+/// How long records are kept at the least (DESIGN: at least 24 h).
+pub const MIN_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "idempotency_records")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub tenant_id: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub method: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub request_id: String,
+    /// SHA-256 of the request with `request_id` cleared, hex.
+    pub fingerprint: String,
+    /// The encoded response message returned by the first call.
+    pub response: Vec<u8>,
+    pub create_time: ChronoDateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
+
+/// The claim a mutating request makes before applying its change.
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    pub method: &'static str,
+    pub request_id: String,
+    pub fingerprint: String,
+    /// The response to store: services compute ids and times before writing, so the response
+    /// is known before the transaction commits.
+    pub response: Vec<u8>,
+}
+
+/// What an earlier request with the same id left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub fingerprint: String,
+    pub response: Vec<u8>,
+}
+
+/// Tries to claim the request id inside `txn`. `Ok(None)`: claimed, go on with the change.
+/// `Ok(Some(stored))`: an earlier request used the id (the caller rolls back and replays or
+/// refuses).
+pub async fn claim<C: ConnectionTrait>(
+    txn: &C,
+    tenant_id: &str,
+    claim: &IdempotencyClaim,
+) -> Result<Option<StoredResponse>, DbErr> {
+    let record = ActiveModel {
+        tenant_id: Set(tenant_id.to_owned()),
+        method: Set(claim.method.to_owned()),
+        request_id: Set(claim.request_id.clone()),
+        fingerprint: Set(claim.fingerprint.clone()),
+        response: Set(claim.response.clone()),
+        create_time: Set(Utc::now()),
+    };
+    let inserted = Entity::insert(record)
+        .on_conflict(
+            OnConflict::columns([Column::TenantId, Column::Method, Column::RequestId])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
+    if inserted == 1 {
+        return Ok(None);
+    }
+    let existing = Entity::find()
+        .filter(Column::TenantId.eq(tenant_id))
+        .filter(Column::Method.eq(claim.method))
+        .filter(Column::RequestId.eq(claim.request_id.as_str()))
+        .one(txn)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("idempotency record vanished after a conflict".into()))?;
+    Ok(Some(StoredResponse {
+        fingerprint: existing.fingerprint,
+        response: existing.response,
+    }))
+}
+
+/// Deletes records older than `retention` (never less than [`MIN_RETENTION`]); returns how
+/// many went.
+pub async fn purge_expired<C: ConnectionTrait>(db: &C, retention: Duration) -> Result<u64, DbErr> {
+    let retention = retention.max(MIN_RETENTION);
+    let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(1));
+    let result = Entity::delete_many()
+        .filter(Column::CreateTime.lt(cutoff))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected)
+}
+
+/// The fingerprint of a request: SHA-256 (hex) of its encoded form with `request_id` cleared,
+/// so a retry matches and a different payload under the same id does not.
+pub fn fingerprint(encoded_request_without_request_id: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(encoded_request_without_request_id);
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}

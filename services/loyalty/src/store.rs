@@ -1,0 +1,12 @@
+//! The service's own tables and their migrations.
+
+use sea_orm_migration::prelude::*;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(crm_db::idempotency::Migration)]
+    }
+}
