@@ -1,7 +1,8 @@
 //! Generated protobuf messages, tonic clients and servers for every CRM API, plus the
 //! descriptor set (with imports) used by server reflection and REST transcoding.
 
-#![allow(clippy::doc_lazy_continuation, clippy::large_enum_variant)]
+// Generated code is not ours to lint (an empty service yields a single-arm match, for one).
+#![allow(clippy::all)]
 
 /// The encoded `FileDescriptorSet` of every CRM proto and its imports.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/crm_descriptor.bin"));

@@ -464,6 +464,8 @@ pub fn parse_peer_flag(flag: &str) -> Result<(ServiceKind, String), String> {
 }
 
 #[cfg(test)]
+// figment::Jail's closures return its own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::providers::Serialized;

@@ -82,7 +82,7 @@ async fn set_all(reporter: &HealthReporter, entries: &[HealthEntry], status: Ser
 
 /// Checks every store once and publishes the result; the whole process ("") is SERVING only
 /// when every service is.
-async fn probe_once(reporter: &HealthReporter, entries: &[HealthEntry], last: &mut Vec<Option<bool>>) {
+async fn probe_once(reporter: &HealthReporter, entries: &[HealthEntry], last: &mut [Option<bool>]) {
     let mut all_ready = true;
     for (index, entry) in entries.iter().enumerate() {
         let ready = match &entry.probe {
