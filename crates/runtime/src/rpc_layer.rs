@@ -76,3 +76,35 @@ where
         Box::pin(with_deadline(deadline, response.instrument(span)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn the_callers_deadline_reaches_downstream_calls() {
+        let handler = RpcLayer.layer(tower::service_fn(|_request: http::Request<()>| async {
+            let mut outgoing = http::HeaderMap::new();
+            crate::context::prepare_downstream_headers(&mut outgoing).unwrap();
+            Ok::<_, std::convert::Infallible>(outgoing)
+        }));
+        let request = http::Request::builder()
+            .uri("/crm.test.v1.TestService/Call")
+            .header("grpc-timeout", "2S")
+            .body(())
+            .unwrap();
+        let outgoing = handler.oneshot(request).await.unwrap();
+        let timeout = outgoing
+            .get("grpc-timeout")
+            .expect("budget passed on")
+            .to_str()
+            .unwrap();
+        let budget = parse_grpc_timeout(timeout).unwrap();
+        assert!(
+            budget <= Duration::from_secs(2) && budget > Duration::from_millis(1500),
+            "{timeout}"
+        );
+    }
+}

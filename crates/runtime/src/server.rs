@@ -226,3 +226,72 @@ pub async fn serve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::in_process_pair;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    #[tokio::test]
+    async fn local_clients_reach_the_server_through_the_in_process_channel() {
+        let (channel, incoming) = in_process_pair();
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let probe_ready = Arc::clone(&ready);
+        let probe: ProbeFn = Arc::new(move || {
+            let ready = probe_ready.load(std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move { ready })
+        });
+        let suite = Suite {
+            listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            routes: Routes::default(),
+            health: vec![HealthEntry {
+                service: "crm.test.v1.TestService",
+                probe: Some(probe),
+            }],
+            probe_interval: Duration::from_millis(20),
+            in_process: Some(incoming),
+            shutdown_grace: Duration::from_secs(2),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(suite, async {
+            let _ = stopped.await;
+        }));
+
+        let mut health = HealthClient::new(channel);
+        let status = |health: &mut HealthClient<tonic::transport::Channel>| {
+            let mut health = health.clone();
+            async move {
+                health
+                    .check(HealthCheckRequest {
+                        service: "crm.test.v1.TestService".into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .status
+            }
+        };
+        assert_eq!(status(&mut health).await, ServingStatus::Serving as i32);
+
+        // The store stops answering: the service leaves SERVING at the next probe.
+        ready.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut seen_not_serving = false;
+        for _ in 0..100 {
+            if status(&mut health).await == ServingStatus::NotServing as i32 {
+                seen_not_serving = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(seen_not_serving, "health did not follow the store");
+
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -169,3 +169,41 @@ pub fn propagate_trace(span: &tracing::Span, headers: &mut http::HeaderMap) {
         propagator.inject_context(&context, &mut HeaderInjector(headers));
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trace_arriving_in_traceparent_is_continued_downstream() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+            let mut incoming = http::HeaderMap::new();
+            incoming.insert(
+                "traceparent",
+                format!("00-{trace_id}-00f067aa0ba902b7-01").parse().unwrap(),
+            );
+            let span = tracing::info_span!("rpc");
+            continue_trace(&span, &incoming);
+
+            let mut outgoing = http::HeaderMap::new();
+            propagate_trace(&span, &mut outgoing);
+            let traceparent = outgoing
+                .get("traceparent")
+                .expect("traceparent")
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let parts: Vec<&str> = traceparent.split('-').collect();
+            assert_eq!(parts[1], trace_id, "{traceparent}");
+            assert_ne!(
+                parts[2], "00f067aa0ba902b7",
+                "the downstream parent is our span, not the caller's"
+            );
+        });
+    }
+}
