@@ -337,3 +337,53 @@ async fn a_peer_down_is_unavailable_and_recovers() {
         }
     }
 }
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans reach the collector (at the latest when
+/// shutdown flushes them). The collector here records the gRPC paths it is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_are_exported_over_otlp_when_configured() {
+    let seen_paths = Arc::new(Mutex::new(Vec::<String>::new()));
+    let recorder = Arc::clone(&seen_paths);
+    let collector = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        recorder.lock().unwrap().push(request.uri().path().to_owned());
+        async { tonic::Status::ok("").into_http::<axum::body::Body>() }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(tonic::transport::Server::builder().serve_with_incoming(
+        tonic::service::Routes::from(collector),
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+    ));
+
+    let mut suite = Suite::start_with(
+        crm(),
+        Topology::OneProcess,
+        Backend::Embedded,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    )
+    .await;
+    let mut client = suite.profile_client().await;
+    client
+        .create_customer(with_tenant(
+            &unique_tenant("otel"),
+            CreateCustomerRequest {
+                customer: Some(new_customer(CustomerKind::Consumer, "Traced")),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    suite.processes[0].signal("TERM").await;
+    suite.processes[0]
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("exited");
+    let paths = seen_paths.lock().unwrap().clone();
+    assert!(
+        paths
+            .iter()
+            .any(|path| path == "/opentelemetry.proto.collector.trace.v1.TraceService/Export"),
+        "no trace export reached the collector: {paths:?}\n{}",
+        suite.processes[0].log()
+    );
+}
