@@ -118,3 +118,23 @@ pub fn fingerprint(encoded_request_without_request_id: &[u8]) -> String {
     let digest = sha2::Sha256::digest(encoded_request_without_request_id);
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
+
+/// The record an earlier request with this id left, if any: checked before a change is even
+/// computed, so a retry after success is answered even when the state it started from is gone
+/// (a deleted customer, an undone merge).
+pub async fn find<C: ConnectionTrait>(
+    db: &C,
+    tenant_id: &str,
+    method: &str,
+    request_id: &str,
+) -> Result<Option<StoredResponse>, DbErr> {
+    Ok(
+        Entity::find_by_id((tenant_id.to_owned(), method.to_owned(), request_id.to_owned()))
+            .one(db)
+            .await?
+            .map(|record| StoredResponse {
+                fingerprint: record.fingerprint,
+                response: record.response,
+            }),
+    )
+}

@@ -5,6 +5,7 @@
 //! Each runs its own migrations at start. Every table leads with `tenant_id`.
 
 pub mod idempotency;
+pub mod outbox;
 
 use std::path::PathBuf;
 use std::time::Duration;

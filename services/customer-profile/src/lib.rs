@@ -12,6 +12,7 @@ pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod query;
 pub mod service;
 pub mod store;
 

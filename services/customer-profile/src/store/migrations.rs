@@ -12,6 +12,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![
             Box::new(crm_db::idempotency::Migration),
+            Box::new(crm_db::outbox::Migration),
             Box::new(m20261122_000002_create_customers::Migration),
         ]
     }
