@@ -1166,24 +1166,100 @@ impl<S: CustomerStore> CustomerProfile<S> {
     }
 
     /// Imports one batch: each row is created, or updated when its external id is known.
-    /// Rows fail alone.
+    /// Rows fail alone. New customers are written together in one transaction; rows that
+    /// update, repeat a key of the batch, name a referrer, or collide on an identity go one by
+    /// one.
     pub async fn import_batch(
         &self,
         tenant: &TenantId,
         rows: Vec<Result<CustomerDraft, ProfileError>>,
     ) -> Vec<ImportOutcome> {
-        let mut outcomes = Vec::with_capacity(rows.len());
-        for row in rows {
-            let outcome = match row {
-                Err(error) => ImportOutcome::Failed(error.to_string()),
-                Ok(draft) => match self.import_row(tenant, draft).await {
-                    Ok(outcome) => outcome,
-                    Err(error) => ImportOutcome::Failed(error.to_string()),
-                },
+        let mut outcomes: Vec<Option<ImportOutcome>> = vec![None; rows.len()];
+        let keys: Vec<Option<Identity>> = rows
+            .iter()
+            .map(|row| {
+                row.as_ref()
+                    .ok()
+                    .and_then(|draft| draft.external_ids.first())
+                    .map(|key| Identity {
+                        kind: IdentityKind::External,
+                        value: domain::external_identity_value(key),
+                    })
+            })
+            .collect();
+        let wanted: Vec<Identity> = keys.iter().flatten().cloned().collect();
+        let known: HashMap<Identity, Uuid> = match self.store.owners(tenant, &wanted).await {
+            Ok(owners) => owners.into_iter().collect(),
+            Err(error) => {
+                return rows
+                    .iter()
+                    .map(|_| ImportOutcome::Failed(error.to_string()))
+                    .collect();
+            }
+        };
+        let mut seen = BTreeSet::new();
+        let mut bulk: Vec<(usize, CustomerDraft, Customer)> = Vec::new();
+        let mut one_by_one: Vec<(usize, CustomerDraft)> = Vec::new();
+        let now = domain::now();
+        for (index, (row, key)) in rows.into_iter().zip(keys).enumerate() {
+            let draft = match row {
+                Err(error) => {
+                    outcomes[index] = Some(ImportOutcome::Failed(error.to_string()));
+                    continue;
+                }
+                Ok(draft) => draft,
             };
-            outcomes.push(outcome);
+            let Some(key) = key else {
+                let error =
+                    ProfileError::invalid("customer.external_ids", "an imported row needs an external id");
+                outcomes[index] = Some(ImportOutcome::Failed(error.to_string()));
+                continue;
+            };
+            let first_in_batch = seen.insert(key.clone());
+            if known.contains_key(&key) || !first_in_batch || draft.referrer.is_some() {
+                one_by_one.push((index, draft));
+                continue;
+            }
+            match Customer::create(draft.clone(), now) {
+                Ok(customer) => bulk.push((index, draft, customer)),
+                Err(error) => outcomes[index] = Some(ImportOutcome::Failed(error.to_string())),
+            }
+        }
+        if !bulk.is_empty() {
+            let customers: Vec<Customer> = bulk.iter().map(|(_, _, customer)| customer.clone()).collect();
+            let events = customers
+                .iter()
+                .map(|customer| event(tenant, pb::customer_event::Type::Created, customer.id, &[], ""))
+                .collect();
+            match self.store.insert_batch(tenant, &customers, events).await {
+                Ok(true) => {
+                    self.outbox.notify_committed();
+                    for (index, _, customer) in &bulk {
+                        outcomes[*index] = Some(ImportOutcome::Created(customer.id));
+                    }
+                }
+                // An identity collided: each row finds out alone which one.
+                Ok(false) => {
+                    one_by_one.extend(bulk.into_iter().map(|(index, draft, _)| (index, draft)));
+                    one_by_one.sort_by_key(|(index, _)| *index);
+                }
+                Err(error) => {
+                    for (index, _, _) in &bulk {
+                        outcomes[*index] = Some(ImportOutcome::Failed(error.to_string()));
+                    }
+                }
+            }
+        }
+        for (index, draft) in one_by_one {
+            outcomes[index] = Some(match self.import_row(tenant, draft).await {
+                Ok(outcome) => outcome,
+                Err(error) => ImportOutcome::Failed(error.to_string()),
+            });
         }
         outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or_else(|| ImportOutcome::Failed("row was not processed".into())))
+            .collect()
     }
 
     async fn import_row(

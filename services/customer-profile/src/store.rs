@@ -7,6 +7,8 @@
 
 pub mod migrations;
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use crm_db::idempotency::{self, IdempotencyClaim, StoredResponse};
@@ -311,6 +313,20 @@ pub trait CustomerStore: Send + Sync + 'static {
     async fn load(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Customer>, ProfileError>;
     /// Records in any state, in no particular order.
     async fn load_many(&self, tenant: &TenantId, ids: &[Uuid]) -> Result<Vec<Customer>, ProfileError>;
+    /// Inserts many new customers and their events in one transaction. `Ok(false)`: an
+    /// identity is taken (by another row or an existing customer); nothing was written.
+    async fn insert_batch(
+        &self,
+        tenant: &TenantId,
+        customers: &[Customer],
+        events: Vec<NewEvent>,
+    ) -> Result<bool, ProfileError>;
+    /// The owners of those identities that have one.
+    async fn owners(
+        &self,
+        tenant: &TenantId,
+        identities: &[Identity],
+    ) -> Result<Vec<(Identity, Uuid)>, ProfileError>;
     /// Who owns an identity.
     async fn owner(&self, tenant: &TenantId, identity: &Identity) -> Result<Option<Uuid>, ProfileError>;
     /// Identities of `kind` starting with `prefix` and their owners, at most `limit`.
@@ -644,6 +660,131 @@ impl CustomerStore for SeaOrmCustomerStore {
             .into_iter()
             .map(from_row)
             .collect()
+    }
+
+    async fn insert_batch(
+        &self,
+        tenant: &TenantId,
+        customers: &[Customer],
+        events: Vec<NewEvent>,
+    ) -> Result<bool, ProfileError> {
+        // Statements stay well under the bind-parameter limits of both engines.
+        const CHUNK: usize = 500;
+        let tenant_id = tenant.as_str().to_owned();
+        let txn = self.db.begin().await?;
+        for chunk in customers.chunks(CHUNK) {
+            customer::Entity::insert_many(chunk.iter().map(|customer| row(tenant, customer)))
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        let identities: Vec<identity::ActiveModel> = customers
+            .iter()
+            .flat_map(|customer| {
+                let tenant_id = tenant_id.clone();
+                customer
+                    .identities()
+                    .into_iter()
+                    .map(move |owned| identity::ActiveModel {
+                        tenant_id: Set(tenant_id.clone()),
+                        kind: Set(owned.kind.as_stored().to_owned()),
+                        value: Set(owned.value),
+                        customer_id: Set(customer.id),
+                    })
+            })
+            .collect();
+        let wanted = identities.len() as u64;
+        let mut inserted = 0;
+        for chunk in identities.chunks(CHUNK * 4) {
+            inserted += identity::Entity::insert_many(chunk.to_vec())
+                .on_conflict(
+                    OnConflict::columns([
+                        identity::Column::TenantId,
+                        identity::Column::Kind,
+                        identity::Column::Value,
+                    ])
+                    .do_nothing()
+                    .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        if inserted != wanted {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        let tags: Vec<tag::ActiveModel> = customers
+            .iter()
+            .flat_map(|customer| {
+                customer.tags.iter().map(|value| tag::ActiveModel {
+                    tenant_id: Set(tenant_id.clone()),
+                    customer_id: Set(customer.id),
+                    tag: Set(value.clone()),
+                })
+            })
+            .collect();
+        for chunk in tags.chunks(CHUNK * 4) {
+            tag::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        let attributes: Vec<attribute::ActiveModel> = customers
+            .iter()
+            .flat_map(|customer| {
+                customer
+                    .attributes
+                    .iter()
+                    .map(|(key, value)| attribute::ActiveModel {
+                        tenant_id: Set(tenant_id.clone()),
+                        customer_id: Set(customer.id),
+                        key: Set(key.clone()),
+                        value_text: Set(value.canonical_text()),
+                    })
+            })
+            .collect();
+        for chunk in attributes.chunks(CHUNK * 4) {
+            attribute::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        for chunk in events.chunks(CHUNK) {
+            outbox::append_all(&txn, chunk).await?;
+        }
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    async fn owners(
+        &self,
+        tenant: &TenantId,
+        identities: &[Identity],
+    ) -> Result<Vec<(Identity, Uuid)>, ProfileError> {
+        // `tenant_id = ? AND kind = ? AND value IN (…)` walks the primary key; an OR of
+        // (kind, value) pairs would make SQLite scan the table once per pair.
+        let mut by_kind: BTreeMap<IdentityKind, Vec<String>> = BTreeMap::new();
+        for wanted in identities {
+            by_kind.entry(wanted.kind).or_default().push(wanted.value.clone());
+        }
+        let mut owners = Vec::new();
+        for (kind, values) in by_kind {
+            for chunk in values.chunks(500) {
+                let found = identity::Entity::find()
+                    .filter(identity::Column::TenantId.eq(tenant.as_str()))
+                    .filter(identity::Column::Kind.eq(kind.as_stored()))
+                    .filter(identity::Column::Value.is_in(chunk.to_vec()))
+                    .all(&self.db)
+                    .await?;
+                owners.extend(found.into_iter().map(|row| {
+                    (
+                        Identity {
+                            kind,
+                            value: row.value,
+                        },
+                        row.customer_id,
+                    )
+                }));
+            }
+        }
+        Ok(owners)
     }
 
     async fn owner(&self, tenant: &TenantId, wanted: &Identity) -> Result<Option<Uuid>, ProfileError> {

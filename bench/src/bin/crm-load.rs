@@ -1,0 +1,427 @@
+//! `crm-load`: a closed-loop gRPC load generator against a `crm` process it starts itself, each
+//! workload reported next to a baseline measured in the same run.
+//!
+//! ```sh
+//! cargo build --release -p crm -p crm-bench
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379 \
+//!   target/release/crm-load --crm-bin target/release/crm --duration 10 --concurrency 50
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use crm_bench::driver::closed_loop;
+use crm_bench::echo::EchoServer;
+use crm_bench::report::{Row, grouped, table};
+use crm_bench::suite::{BenchDatabase, CrmProcess, connect_pool};
+use crm_bench::workloads::{self, ColdLookupCaller, EchoCaller, Tenant, WarmLookupCaller};
+use tonic::transport::Channel;
+
+/// Above this share of failed calls a workload fails the run.
+const MAX_ERROR_RATIO: f64 = 0.001;
+
+/// The goal of the lookup issue: warm lookups at >= 0.5x echo req/s with p99 <= 2 ms.
+const GOAL_WARM_RATIO: f64 = 0.5;
+const GOAL_WARM_P99_MICROS: u64 = 2_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// Health/Check on a bare tonic server (the baseline of the lookups).
+    Echo,
+    /// LookupCustomer by phone over a hot set that was looked up once before.
+    LookupWarm,
+    /// LookupCustomer by phone of customers never looked up before.
+    LookupCold,
+    /// ImportCustomers (client streaming), against `psql \copy` of the same rows.
+    Import,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "crm-load",
+    about = "Closed-loop gRPC load against a crm process, each workload as a ratio to a baseline of the same run"
+)]
+struct Args {
+    /// The `crm` binary to run (`crm serve --listen 127.0.0.1:0`).
+    #[arg(long, default_value = "target/release/crm")]
+    crm_bin: PathBuf,
+    /// Seconds each closed-loop workload is measured.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Requests in flight (tokio tasks issuing requests back to back).
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    /// Workloads to run, comma separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "echo,lookup-warm,lookup-cold,import"
+    )]
+    workloads: Vec<Workload>,
+    /// HTTP/2 connections per server; tasks use them round robin.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Seconds of unmeasured load before echo and lookup-warm are measured.
+    #[arg(long, default_value_t = 1)]
+    warmup: u64,
+    /// Customers created with CreateCustomer for lookup-warm.
+    #[arg(long, default_value_t = 2_000)]
+    lookup_customers: u64,
+    /// Size of the hot set of lookup-warm.
+    #[arg(long, default_value_t = 100)]
+    hot_set: usize,
+    /// Customers imported for lookup-cold, each looked up at most once.
+    #[arg(long, default_value_t = 40_000)]
+    cold_customers: u64,
+    /// Rows of the import workload.
+    #[arg(long, default_value_t = 100_000)]
+    import_rows: u64,
+    /// Rows per ImportCustomers message.
+    #[arg(long, default_value_t = 1_000)]
+    import_batch: usize,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("crm-load: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn required_env(name: &str) -> anyhow::Result<String> {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => Ok(value),
+        _ => bail!(
+            "{name} is not set: crm-load runs the suite on PostgreSQL and Redis and needs DATABASE_URL \
+             (e.g. postgres://postgres@127.0.0.1:5432/test; a database crm_bench_<uuid> is made on its \
+             server for the run) and REDIS_URL (e.g. redis://127.0.0.1:6379)"
+        ),
+    }
+}
+
+/// What a run measured so far, and what it needs.
+struct Run<'a> {
+    args: &'a Args,
+    tenant: Tenant,
+    echo_channels: Vec<Channel>,
+    crm: Option<(&'a CrmProcess, &'a BenchDatabase)>,
+    rows: Vec<Row>,
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let wants = |workload: Workload| args.workloads.contains(&workload);
+    let needs_echo = wants(Workload::Echo) || wants(Workload::LookupWarm) || wants(Workload::LookupCold);
+    let needs_suite = wants(Workload::LookupWarm) || wants(Workload::LookupCold) || wants(Workload::Import);
+    let env = if needs_suite {
+        Some((required_env("DATABASE_URL")?, required_env("REDIS_URL")?))
+    } else {
+        None
+    };
+    let tenant = Tenant::unique()?;
+
+    let echo = EchoServer::start()?;
+    let echo_channels = if needs_echo {
+        connect_pool(&echo.url(), args.connections).await?
+    } else {
+        Vec::new()
+    };
+
+    let mut suite = None;
+    if let Some((database_url, redis_url)) = &env {
+        let database = BenchDatabase::create(database_url).await?;
+        eprintln!(
+            "database {} created; starting {}",
+            database.name,
+            args.crm_bin.display()
+        );
+        match CrmProcess::start(&args.crm_bin, &database.url, redis_url).await {
+            Ok(process) => suite = Some((process, database)),
+            Err(error) => {
+                let _ = database.drop_database().await;
+                return Err(error);
+            }
+        }
+    }
+
+    println!(
+        "crm-load: {} in flight, {} s per workload (+{} s warm-up for echo and lookup-warm), {} HTTP/2 \
+         connection(s) per server used round robin, tenant {}",
+        args.concurrency, args.duration, args.warmup, args.connections, tenant.id
+    );
+    println!(
+        "echo baseline: bare tonic grpc.health.v1 Health/Check on {}",
+        echo.addr
+    );
+    if let Some((process, database)) = &suite {
+        println!(
+            "suite: {} serve on {} (database {}, log {})",
+            args.crm_bin.display(),
+            process.addr,
+            database.name,
+            process.log_path.display()
+        );
+    }
+
+    let mut context = Run {
+        args: &args,
+        tenant,
+        echo_channels,
+        crm: suite.as_ref().map(|(process, database)| (process, database)),
+        rows: Vec::new(),
+    };
+    let outcome = tokio::select! {
+        outcome = measure(&mut context) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let rows = std::mem::take(&mut context.rows);
+    drop(context);
+
+    let mut crashed = None;
+    if let Some((mut process, database)) = suite {
+        if let Some(status) = process.exited() {
+            crashed = Some(format!(
+                "the crm process exited during the run ({status}); the end of its log ({}):\n{}",
+                process.log_path.display(),
+                process.log_tail(40)
+            ));
+        }
+        process.stop().await;
+        if let Err(error) = database.drop_database().await {
+            eprintln!("crm-load: could not drop the run's database: {error:#}");
+        }
+    }
+    echo.stop();
+
+    println!();
+    print!("{}", table(&rows));
+    for row in &rows {
+        if let Some(note) = &row.note {
+            println!("- {}: {note}", row.workload);
+        }
+    }
+    print_goal(&rows);
+
+    let mut failed = false;
+    for row in &rows {
+        if row.error_ratio > MAX_ERROR_RATIO {
+            failed = true;
+            println!(
+                "FAILED {}: {} errors ({:.3}% > {:.1}%); first error: {}",
+                row.workload,
+                row.errors,
+                row.error_ratio * 100.0,
+                MAX_ERROR_RATIO * 100.0,
+                row.first_error.as_deref().unwrap_or("(none recorded)")
+            );
+        } else if let Some(error) = &row.first_error {
+            println!("{}: {} error(s), first: {error}", row.workload, row.errors);
+        }
+    }
+    if let Some(crashed) = crashed {
+        println!("FAILED: {crashed}");
+        failed = true;
+    }
+    if let Err(error) = outcome {
+        println!("FAILED: {error:#}");
+        failed = true;
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_goal(rows: &[Row]) {
+    let (Some(warm), Some(echo)) = (
+        rows.iter().find(|row| row.workload == "lookup-warm"),
+        rows.iter().find(|row| row.workload == "echo"),
+    ) else {
+        return;
+    };
+    let ratio = if echo.rate() > 0.0 {
+        warm.rate() / echo.rate()
+    } else {
+        0.0
+    };
+    let p99 = warm.latency.map(|latency| latency.p99);
+    let met = ratio >= GOAL_WARM_RATIO && p99.is_some_and(|p99| p99 <= GOAL_WARM_P99_MICROS);
+    println!(
+        "goal lookup-warm >= {GOAL_WARM_RATIO}x echo req/s and p99 <= {} ms: {} ({:.2}x echo, p99 {})",
+        GOAL_WARM_P99_MICROS as f64 / 1000.0,
+        if met { "MET" } else { "MISSED" },
+        ratio,
+        p99.map(|p99| format!("{:.3} ms", p99 as f64 / 1000.0))
+            .unwrap_or_else(|| "n/a".into())
+    );
+}
+
+/// Runs the selected workloads in order, pushing one row per measurement.
+async fn measure(context: &mut Run<'_>) -> anyhow::Result<()> {
+    let args = context.args;
+    let wants = |workload: Workload| args.workloads.contains(&workload);
+    let duration = Duration::from_secs(args.duration);
+    let warmup = Duration::from_secs(args.warmup);
+    let concurrency = args.concurrency.max(1);
+
+    if !context.echo_channels.is_empty() {
+        eprintln!("echo: measuring");
+        let callers = (0..concurrency)
+            .map(|task| {
+                EchoCaller::new(
+                    context.echo_channels[task % context.echo_channels.len()].clone(),
+                    context.tenant.clone(),
+                )
+            })
+            .collect();
+        let measured = closed_loop(callers, warmup, duration).await?;
+        context.rows.push(Row::from_measured("echo", &measured, None));
+    }
+    let Some((process, database)) = context.crm else {
+        return Ok(());
+    };
+    let channels = connect_pool(&process.url(), args.connections).await?;
+    workloads::configure_tenant(channels[0].clone(), &context.tenant).await?;
+
+    if wants(Workload::LookupWarm) {
+        let started = Instant::now();
+        let customers =
+            workloads::create_customers(&channels, &context.tenant, 0..args.lookup_customers, concurrency)
+                .await
+                .context("setup of lookup-warm")?;
+        let hot: Vec<_> = customers.into_iter().take(args.hot_set.max(1)).collect();
+        workloads::prime(&channels, &context.tenant, &hot)
+            .await
+            .context("setup of lookup-warm")?;
+        eprintln!(
+            "lookup-warm: created {} customers with CreateCustomer ({} in flight) and looked up a hot set of {} once in {:.1} s; measuring",
+            args.lookup_customers,
+            concurrency,
+            hot.len(),
+            started.elapsed().as_secs_f64()
+        );
+        let hot = Arc::new(hot);
+        let callers = (0..concurrency)
+            .map(|task| {
+                WarmLookupCaller::new(
+                    channels[task % channels.len()].clone(),
+                    context.tenant.clone(),
+                    Arc::clone(&hot),
+                    task,
+                    concurrency,
+                )
+            })
+            .collect();
+        let measured = closed_loop(callers, warmup, duration).await?;
+        let mut row = Row::from_measured("lookup-warm", &measured, Some("echo"));
+        row.note = Some(format!(
+            "LookupCustomer{{phone: \"138xxxxxxxx\"}} round robin over a hot set of {} (of {} customers), each looked up once before",
+            hot.len(),
+            args.lookup_customers
+        ));
+        context.rows.push(row);
+    }
+
+    if wants(Workload::LookupCold) {
+        let started = Instant::now();
+        let first = 10_000_000;
+        let streams = args.connections.max(1);
+        let pool = workloads::import_customers_with_phones(
+            &channels,
+            &context.tenant,
+            first..first + args.cold_customers,
+            streams,
+            args.import_batch,
+        )
+        .await
+        .context("setup of lookup-cold")?;
+        eprintln!(
+            "lookup-cold: imported {} customers never looked up ({} ImportCustomers streams) in {:.1} s; measuring",
+            pool.len(),
+            streams,
+            started.elapsed().as_secs_f64()
+        );
+        let pool = Arc::new(pool);
+        let next = Arc::new(AtomicUsize::new(0));
+        let callers = (0..concurrency)
+            .map(|task| {
+                ColdLookupCaller::new(
+                    channels[task % channels.len()].clone(),
+                    context.tenant.clone(),
+                    Arc::clone(&pool),
+                    Arc::clone(&next),
+                )
+            })
+            .collect();
+        let measured = closed_loop(callers, Duration::ZERO, duration).await?;
+        let mut row = Row::from_measured("lookup-cold", &measured, Some("echo"));
+        row.note = Some(if measured.exhausted {
+            format!(
+                "each of {} imported customers looked up once; the pool ran out after {:.1} s of {} s (pass a larger --cold-customers)",
+                grouped(pool.len() as u64),
+                measured.elapsed.as_secs_f64(),
+                args.duration
+            )
+        } else {
+            format!(
+                "distinct customers, each looked up once (pool of {}, no warm-up)",
+                grouped(pool.len() as u64)
+            )
+        });
+        context.rows.push(row);
+    }
+
+    if wants(Workload::Import) {
+        eprintln!("import: psql \\copy of {} rows (baseline)", args.import_rows);
+        let copied = workloads::copy(&database.url, args.import_rows, &std::env::temp_dir()).await?;
+        let mut copy_row = Row::from_bulk("copy", &copied, None);
+        copy_row.note = Some(format!(
+            "`psql \\copy` of the same {} rows as CSV into a plain table (no index) of the run's database, psql start-up included",
+            grouped(args.import_rows)
+        ));
+        context.rows.push(copy_row);
+        eprintln!(
+            "import: ImportCustomers of {} rows in batches of {}",
+            args.import_rows, args.import_batch
+        );
+        let imported = workloads::import(
+            channels[0].clone(),
+            &context.tenant,
+            args.import_rows,
+            args.import_batch,
+        )
+        .await?;
+        let mut row = Row::from_bulk("import", &imported, Some("copy"));
+        let mut note = format!(
+            "one ImportCustomers client stream of {} messages x {} rows (external id erp:row-<n>, one email), {:.1} s end to end; per-request latency does not apply",
+            args.import_rows.div_ceil(args.import_batch.max(1) as u64),
+            args.import_batch,
+            imported.elapsed.as_secs_f64()
+        );
+        if !imported.timeline.is_empty() {
+            let tenths: Vec<String> = imported
+                .timeline
+                .iter()
+                .map(|rate| grouped(rate.round() as u64))
+                .collect();
+            note.push_str(&format!(
+                "; rows/s by tenth of the stream, from the rows' UUIDv7 creation times: {}",
+                tenths.join(", ")
+            ));
+        }
+        row.note = Some(note);
+        context.rows.push(row);
+    }
+    Ok(())
+}

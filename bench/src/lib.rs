@@ -1,0 +1,15 @@
+//! Benchmarks of the suite, each figure reported as a ratio to a baseline measured in the same
+//! run (DESIGN.md section 10): the `crm-load` load generator (this library holds its parts) and
+//! the criterion micro-benchmarks in `benches/`.
+//!
+//! - [`driver`]: the closed-loop driver and its latency histograms;
+//! - [`echo`]: the bare tonic baseline, a `grpc.health.v1` server in-process;
+//! - [`suite`]: a fresh PostgreSQL database and a `crm serve` process per run;
+//! - [`workloads`]: setup and callers of each workload;
+//! - [`report`]: the table.
+
+pub mod driver;
+pub mod echo;
+pub mod report;
+pub mod suite;
+pub mod workloads;
