@@ -588,6 +588,31 @@ async fn erasure_leaves_nothing_personal(client: &mut Client) {
         .await
         .unwrap();
 
+    // A duplicate merged into the customer before erasure must not keep the person's data.
+    let duplicate = create(
+        client,
+        &tenant,
+        Customer {
+            person_name: Some(PersonName {
+                given_name: "Hanmeimei".into(),
+                family_name: "Han".into(),
+            }),
+            emails: vec![email("meimei.han@example.cn")],
+            ..crm_tests::new_customer(CustomerKind::Consumer, "Hanmeimei H.")
+        },
+    )
+    .await;
+    client
+        .merge_customers(with_tenant(
+            &tenant,
+            MergeCustomersRequest {
+                survivor: created.name.clone(),
+                merged: vec![duplicate.name.clone()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
     let erased = client
         .erase_customer(with_tenant(
             &tenant,
@@ -618,7 +643,28 @@ async fn erasure_leaves_nothing_personal(client: &mut Client) {
             "{personal} still readable: {visible}"
         );
     }
+    let through_duplicate = format!("{:?}", get(client, &tenant, &duplicate.name).await.unwrap());
+    assert!(
+        !through_duplicate.contains("Hanmeimei") && !through_duplicate.contains("meimei"),
+        "{through_duplicate}"
+    );
+    let unmerge = client
+        .unmerge_customer(with_tenant(
+            &tenant,
+            UnmergeCustomerRequest {
+                name: duplicate.name.clone(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unmerge.code(),
+        Code::FailedPrecondition,
+        "an erased person's merge cannot bring data back"
+    );
     for key in [
+        lookup_customer_request::Key::Email("meimei.han@example.cn".into()),
         lookup_customer_request::Key::Phone("13800138002".into()),
         lookup_customer_request::Key::Email("hanmeimei@example.cn".into()),
         lookup_customer_request::Key::ExternalId(ExternalId {

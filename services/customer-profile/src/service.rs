@@ -1050,12 +1050,34 @@ impl<S: CustomerStore> CustomerProfile<S> {
                 )
             })
             .collect();
+        // Records merged into this customer are the same person: their snapshots are scrubbed
+        // too (they stay MERGED so their names still resolve, to the tombstone).
+        let mut writes = Vec::new();
+        for absorbed in self.store.load_many(tenant, &before.merged_from).await? {
+            if absorbed.state != RecordState::Merged {
+                continue;
+            }
+            let mut scrubbed = absorbed.clone();
+            scrubbed.erase(after.update_time);
+            scrubbed.state = RecordState::Merged;
+            scrubbed.merged_into = absorbed.merged_into;
+            writes.push(Write::Update {
+                customer: scrubbed,
+                expected_revision: absorbed.revision,
+            });
+        }
+        writes.push(Write::Update {
+            customer: after.clone(),
+            expected_revision: before.revision,
+        });
+        let mut forget = before.merged_from.clone();
+        forget.push(id);
         let changes = ChangeSet {
-            writes: vec![Write::Update {
-                customer: after.clone(),
-                expected_revision: before.revision,
-            }],
+            writes,
             consents,
+            // Merge records keep pre-merge snapshots for unmerge: personal data, so they go too
+            // (an erased customer's merges can no longer be undone).
+            forget_merges_of: forget,
             events: vec![event(
                 tenant,
                 pb::customer_event::Type::Erased,

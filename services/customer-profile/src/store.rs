@@ -246,6 +246,8 @@ pub struct ChangeSet {
     pub record_merges: Vec<MergeRecord>,
     /// Merge records to delete (by merged customer id) once undone.
     pub remove_merges: Vec<Uuid>,
+    /// Customers whose merge records (as survivor or as merged) hold personal data to erase.
+    pub forget_merges_of: Vec<Uuid>,
     pub consents: Vec<(Uuid, ConsentDecision)>,
     pub settings: Option<Settings>,
     pub events: Vec<NewEvent>,
@@ -565,6 +567,17 @@ impl SeaOrmCustomerStore {
             merge::Entity::delete_many()
                 .filter(merge::Column::TenantId.eq(tenant_id.clone()))
                 .filter(merge::Column::MergedId.is_in(changes.remove_merges.clone()))
+                .exec(txn)
+                .await?;
+        }
+        if !changes.forget_merges_of.is_empty() {
+            merge::Entity::delete_many()
+                .filter(merge::Column::TenantId.eq(tenant_id.clone()))
+                .filter(
+                    Condition::any()
+                        .add(merge::Column::MergedId.is_in(changes.forget_merges_of.clone()))
+                        .add(merge::Column::SurvivorId.is_in(changes.forget_merges_of.clone())),
+                )
                 .exec(txn)
                 .await?;
         }
