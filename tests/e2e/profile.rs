@@ -589,19 +589,22 @@ async fn erasure_leaves_nothing_personal(client: &mut Client) {
         .unwrap();
 
     // A duplicate merged into the customer before erasure must not keep the person's data.
-    let duplicate = create(
-        client,
-        &tenant,
-        Customer {
+    let duplicate_request = CreateCustomerRequest {
+        customer: Some(Customer {
             person_name: Some(PersonName {
                 given_name: "Hanmeimei".into(),
                 family_name: "Han".into(),
             }),
             emails: vec![email("meimei.han@example.cn")],
             ..crm_tests::new_customer(CustomerKind::Consumer, "Hanmeimei H.")
-        },
-    )
-    .await;
+        }),
+        request_id: "create-duplicate".into(),
+    };
+    let duplicate = client
+        .create_customer(with_tenant(&tenant, duplicate_request.clone()))
+        .await
+        .unwrap()
+        .into_inner();
     client
         .merge_customers(with_tenant(
             &tenant,
@@ -648,6 +651,24 @@ async fn erasure_leaves_nothing_personal(client: &mut Client) {
         !through_duplicate.contains("Hanmeimei") && !through_duplicate.contains("meimei"),
         "{through_duplicate}"
     );
+    // The stored answer of the duplicate's create held the person's data: erasure dropped it,
+    // so a late retry is a new request, not a replay of the erased person.
+    let retried = client
+        .create_customer(with_tenant(&tenant, duplicate_request))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(retried.name, duplicate.name);
+    client
+        .erase_customer(with_tenant(
+            &tenant,
+            EraseCustomerRequest {
+                name: retried.name.clone(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
     let unmerge = client
         .unmerge_customer(with_tenant(
             &tenant,

@@ -33,6 +33,9 @@ pub struct Model {
     pub fingerprint: String,
     /// The encoded response message returned by the first call.
     pub response: Vec<u8>,
+    /// The resource the response is about (`customers/{id}`), so erasing a person can drop
+    /// responses holding their data; empty when none.
+    pub subject: String,
     pub create_time: ChronoDateTimeUtc,
 }
 
@@ -50,6 +53,8 @@ pub struct IdempotencyClaim {
     /// The response to store: services compute ids and times before writing, so the response
     /// is known before the transaction commits.
     pub response: Vec<u8>,
+    /// The resource the response describes, e.g. `customers/{id}`; empty when none.
+    pub subject: String,
 }
 
 /// What an earlier request with the same id left.
@@ -73,6 +78,7 @@ pub async fn claim<C: ConnectionTrait>(
         request_id: Set(claim.request_id.clone()),
         fingerprint: Set(claim.fingerprint.clone()),
         response: Set(claim.response.clone()),
+        subject: Set(claim.subject.clone()),
         create_time: Set(Utc::now()),
     };
     let inserted = Entity::insert(record)
@@ -97,6 +103,26 @@ pub async fn claim<C: ConnectionTrait>(
         fingerprint: existing.fingerprint,
         response: existing.response,
     }))
+}
+
+/// Deletes the stored responses about `subjects` (erasure), except those of `keep_method`
+/// (whose responses hold no personal data and still guard their request ids).
+pub async fn forget_subjects<C: ConnectionTrait>(
+    db: &C,
+    tenant_id: &str,
+    subjects: &[String],
+    keep_method: &str,
+) -> Result<u64, DbErr> {
+    if subjects.is_empty() {
+        return Ok(0);
+    }
+    let result = Entity::delete_many()
+        .filter(Column::TenantId.eq(tenant_id))
+        .filter(Column::Subject.is_in(subjects.to_vec()))
+        .filter(Column::Method.ne(keep_method))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected)
 }
 
 /// Deletes records older than `retention` (never less than [`MIN_RETENTION`]); returns how

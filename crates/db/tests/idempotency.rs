@@ -69,6 +69,7 @@ fn claim(request_id: &str, fingerprint: &str) -> IdempotencyClaim {
         request_id: request_id.into(),
         fingerprint: fingerprint.into(),
         response: fingerprint.as_bytes().to_vec(),
+        subject: format!("things/{request_id}"),
     }
 }
 
@@ -180,5 +181,49 @@ async fn an_unreachable_database_is_unavailable() {
             assert_eq!(crm_db::api_error(source).code(), tonic::Code::Unavailable);
         }
         other => panic!("expected a connect error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn erasure_forgets_stored_responses_about_a_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    for db in databases(dir.path()).await {
+        for request_id in ["a", "b"] {
+            let txn = db.begin().await.unwrap();
+            idempotency::claim(&txn, "t1", &claim(request_id, request_id))
+                .await
+                .unwrap();
+            txn.commit().await.unwrap();
+        }
+        let forgotten = idempotency::forget_subjects(&db, "t1", &["things/a".to_owned()], "EraseThing")
+            .await
+            .unwrap();
+        assert_eq!(forgotten, 1);
+        assert!(
+            idempotency::find(&db, "t1", "CreateThing", "a")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            idempotency::find(&db, "t1", "CreateThing", "b")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // Another tenant's subject of the same name is untouched, and a kept method stays.
+        assert_eq!(
+            idempotency::forget_subjects(&db, "t2", &["things/b".to_owned()], "EraseThing")
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            idempotency::forget_subjects(&db, "t1", &["things/b".to_owned()], "CreateThing")
+                .await
+                .unwrap(),
+            0
+        );
+        cleanup(db).await;
     }
 }

@@ -211,6 +211,13 @@ impl<S: CustomerStore> CustomerProfile<S> {
             request_id: request.request_id.clone(),
             fingerprint: request.fingerprint.clone(),
             response: reply.encode_to_vec(),
+            // The first customer of a reply is the one it is about.
+            subject: reply
+                .customers
+                .first()
+                .and_then(|bytes| decode_snapshot(bytes).ok())
+                .map(|customer| customer.resource_name())
+                .unwrap_or_default(),
         });
         let has_events = !changes.events.is_empty();
         match self.store.apply(tenant, changes, claim.as_ref()).await? {

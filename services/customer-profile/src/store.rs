@@ -246,7 +246,8 @@ pub struct ChangeSet {
     pub record_merges: Vec<MergeRecord>,
     /// Merge records to delete (by merged customer id) once undone.
     pub remove_merges: Vec<Uuid>,
-    /// Customers whose merge records (as survivor or as merged) hold personal data to erase.
+    /// Customers whose merge records (as survivor or as merged) and stored idempotent
+    /// responses hold personal data to erase.
     pub forget_merges_of: Vec<Uuid>,
     pub consents: Vec<(Uuid, ConsentDecision)>,
     pub settings: Option<Settings>,
@@ -571,6 +572,12 @@ impl SeaOrmCustomerStore {
                 .await?;
         }
         if !changes.forget_merges_of.is_empty() {
+            let subjects: Vec<String> = changes
+                .forget_merges_of
+                .iter()
+                .map(|id| crate::domain::customer_name(*id))
+                .collect();
+            idempotency::forget_subjects(txn, &tenant_id, &subjects, "EraseCustomer").await?;
             merge::Entity::delete_many()
                 .filter(merge::Column::TenantId.eq(tenant_id.clone()))
                 .filter(

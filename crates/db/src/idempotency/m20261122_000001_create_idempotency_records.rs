@@ -12,6 +12,7 @@ enum IdempotencyRecords {
     RequestId,
     Fingerprint,
     Response,
+    Subject,
     CreateTime,
 }
 
@@ -45,6 +46,12 @@ impl MigrationTrait for Migration {
                     )
                     .col(ColumnDef::new(IdempotencyRecords::Response).blob().not_null())
                     .col(
+                        ColumnDef::new(IdempotencyRecords::Subject)
+                            .string_len(300)
+                            .not_null()
+                            .default(""),
+                    )
+                    .col(
                         ColumnDef::new(IdempotencyRecords::CreateTime)
                             .timestamp_with_time_zone()
                             .not_null(),
@@ -55,6 +62,17 @@ impl MigrationTrait for Migration {
                             .col(IdempotencyRecords::Method)
                             .col(IdempotencyRecords::RequestId),
                     )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idempotency_records_by_subject")
+                    .table(IdempotencyRecords::Table)
+                    .col(IdempotencyRecords::TenantId)
+                    .col(IdempotencyRecords::Subject)
+                    .if_not_exists()
                     .to_owned(),
             )
             .await?;
