@@ -61,6 +61,14 @@ impl StoredReply {
             .map(|bytes| decode_snapshot(bytes))
             .collect()
     }
+
+    fn first_customer(&self) -> Result<Customer, ProfileError> {
+        let first = self
+            .customers
+            .first()
+            .ok_or_else(|| ProfileError::Corrupt("empty reply".into()))?;
+        decode_snapshot(first)
+    }
 }
 
 /// The result of a merge.
@@ -251,6 +259,34 @@ impl<S: CustomerStore> CustomerProfile<S> {
         }
     }
 
+    /// Writes one customer's change with its event, once per request id; a replay answers
+    /// with the first result.
+    async fn write_one(
+        &self,
+        tenant: &TenantId,
+        write: Write,
+        kind: pb::customer_event::Type,
+        request: Option<&RequestIdentity>,
+        identities_before: &[Identity],
+    ) -> Result<Customer, ProfileError> {
+        let after = match &write {
+            Write::Insert(customer) | Write::Update { customer, .. } => customer.clone(),
+        };
+        let changes = ChangeSet {
+            writes: vec![write],
+            events: vec![event(tenant, kind, after.id, &[], "")],
+            ..Default::default()
+        };
+        let reply = StoredReply::of(&[&after], Vec::new());
+        match self
+            .commit(tenant, changes, request, &reply, &[&after], identities_before)
+            .await?
+        {
+            None => Ok(after),
+            Some(replayed) => replayed.first_customer(),
+        }
+    }
+
     /// Drops the cached snapshots and lookups of everything a committed change touched.
     async fn invalidate(&self, tenant: &TenantId, touched: &[&Customer], identities_before: &[Identity]) {
         for customer in touched {
@@ -294,37 +330,18 @@ impl<S: CustomerStore> CustomerProfile<S> {
         request: Option<RequestIdentity>,
     ) -> Result<Customer, ProfileError> {
         if let Some(replayed) = self.replayed(tenant, request.as_ref()).await? {
-            return replayed
-                .customers()?
-                .into_iter()
-                .next()
-                .ok_or_else(|| ProfileError::Corrupt("empty reply".into()));
+            return replayed.first_customer();
         }
         self.check_referrer_exists(tenant, &draft).await?;
         let customer = Customer::create(draft, domain::now())?;
-        let changes = ChangeSet {
-            writes: vec![Write::Insert(customer.clone())],
-            events: vec![event(
-                tenant,
-                pb::customer_event::Type::Created,
-                customer.id,
-                &[],
-                "",
-            )],
-            ..Default::default()
-        };
-        let reply = StoredReply::of(&[&customer], Vec::new());
-        match self
-            .commit(tenant, changes, request.as_ref(), &reply, &[&customer], &[])
-            .await?
-        {
-            None => Ok(customer),
-            Some(replayed) => replayed
-                .customers()?
-                .into_iter()
-                .next()
-                .ok_or_else(|| ProfileError::Corrupt("empty reply".into())),
-        }
+        self.write_one(
+            tenant,
+            Write::Insert(customer),
+            pb::customer_event::Type::Created,
+            request.as_ref(),
+            &[],
+        )
+        .await
     }
 
     /// The record, from the cache or the store, in any state.
@@ -414,11 +431,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
         request: Option<RequestIdentity>,
     ) -> Result<Customer, ProfileError> {
         if let Some(replayed) = self.replayed(tenant, request.as_ref()).await? {
-            return replayed
-                .customers()?
-                .into_iter()
-                .next()
-                .ok_or_else(|| ProfileError::Corrupt("empty reply".into()));
+            return replayed.first_customer();
         }
         if mask.iter().any(|field| field == "referrer") || mask.is_empty() {
             self.check_referrer_exists(tenant, &draft).await?;
@@ -434,34 +447,21 @@ impl<S: CustomerStore> CustomerProfile<S> {
             }
             let mut after = before.clone();
             after.apply_update(draft.clone(), &mask, domain::now())?;
-            let changes = ChangeSet {
-                writes: vec![Write::Update {
-                    customer: after.clone(),
-                    expected_revision: before.revision,
-                }],
-                events: vec![event(tenant, pb::customer_event::Type::Updated, id, &[], "")],
-                ..Default::default()
+            let write = Write::Update {
+                customer: after,
+                expected_revision: before.revision,
             };
-            let reply = StoredReply::of(&[&after], Vec::new());
-            match self
-                .commit(
+            let written = self
+                .write_one(
                     tenant,
-                    changes,
+                    write,
+                    pb::customer_event::Type::Updated,
                     request.as_ref(),
-                    &reply,
-                    &[&after],
                     &before.identities(),
                 )
-                .await
-            {
-                Ok(None) => return Ok(after),
-                Ok(Some(replayed)) => {
-                    return replayed
-                        .customers()?
-                        .into_iter()
-                        .next()
-                        .ok_or_else(|| ProfileError::Corrupt("empty reply".into()));
-                }
+                .await;
+            match written {
+                Ok(customer) => return Ok(customer),
                 // Without an etag the caller did not ask for optimistic locking: re-read and retry.
                 Err(ProfileError::EtagMismatch { .. }) if etag.is_none() && attempt + 1 < UPDATE_ATTEMPTS => {
                     continue;
@@ -482,11 +482,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
         request: Option<RequestIdentity>,
     ) -> Result<Customer, ProfileError> {
         if let Some(replayed) = self.replayed(tenant, request.as_ref()).await? {
-            return replayed
-                .customers()?
-                .into_iter()
-                .next()
-                .ok_or_else(|| ProfileError::Corrupt("empty reply".into()));
+            return replayed.first_customer();
         }
         let before = self.load_active(tenant, id).await?;
         if let Some(etag) = &etag
@@ -504,26 +500,18 @@ impl<S: CustomerStore> CustomerProfile<S> {
         after.purge_time =
             Some(now + chrono::Duration::days(i64::from(settings.deleted_retention_days.max(1))));
         after.touch(now);
-        let changes = ChangeSet {
-            writes: vec![Write::Update {
-                customer: after.clone(),
-                expected_revision: before.revision,
-            }],
-            events: vec![event(tenant, pb::customer_event::Type::Deleted, id, &[], "")],
-            ..Default::default()
+        let write = Write::Update {
+            customer: after,
+            expected_revision: before.revision,
         };
-        let reply = StoredReply::of(&[&after], Vec::new());
-        match self
-            .commit(tenant, changes, request.as_ref(), &reply, &[&after], &[])
-            .await?
-        {
-            None => Ok(after),
-            Some(replayed) => replayed
-                .customers()?
-                .into_iter()
-                .next()
-                .ok_or_else(|| ProfileError::Corrupt("empty reply".into())),
-        }
+        self.write_one(
+            tenant,
+            write,
+            pb::customer_event::Type::Deleted,
+            request.as_ref(),
+            &[],
+        )
+        .await
     }
 
     pub async fn undelete_customer(
@@ -533,11 +521,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
         request: Option<RequestIdentity>,
     ) -> Result<Customer, ProfileError> {
         if let Some(replayed) = self.replayed(tenant, request.as_ref()).await? {
-            return replayed
-                .customers()?
-                .into_iter()
-                .next()
-                .ok_or_else(|| ProfileError::Corrupt("empty reply".into()));
+            return replayed.first_customer();
         }
         let before = match self.store.load(tenant, id).await? {
             Some(customer) if customer.state == RecordState::Deleted => customer,
@@ -555,26 +539,18 @@ impl<S: CustomerStore> CustomerProfile<S> {
         after.delete_time = None;
         after.purge_time = None;
         after.touch(now);
-        let changes = ChangeSet {
-            writes: vec![Write::Update {
-                customer: after.clone(),
-                expected_revision: before.revision,
-            }],
-            events: vec![event(tenant, pb::customer_event::Type::Undeleted, id, &[], "")],
-            ..Default::default()
+        let write = Write::Update {
+            customer: after,
+            expected_revision: before.revision,
         };
-        let reply = StoredReply::of(&[&after], Vec::new());
-        match self
-            .commit(tenant, changes, request.as_ref(), &reply, &[&after], &[])
-            .await?
-        {
-            None => Ok(after),
-            Some(replayed) => replayed
-                .customers()?
-                .into_iter()
-                .next()
-                .ok_or_else(|| ProfileError::Corrupt("empty reply".into())),
-        }
+        self.write_one(
+            tenant,
+            write,
+            pb::customer_event::Type::Undeleted,
+            request.as_ref(),
+            &[],
+        )
+        .await
     }
 
     pub async fn list_customers(
@@ -780,11 +756,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
         request: Option<RequestIdentity>,
     ) -> Result<MergeOutcome, ProfileError> {
         if !validate_only && let Some(replayed) = self.replayed(tenant, request.as_ref()).await? {
-            let survivor = replayed
-                .customers()?
-                .into_iter()
-                .next()
-                .ok_or_else(|| ProfileError::Corrupt("empty reply".into()))?;
+            let survivor = replayed.first_customer()?;
             let merged = replayed
                 .notes
                 .iter()
@@ -865,11 +837,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
                 merged: merged_ids.to_vec(),
             }),
             Some(replayed) => {
-                let survivor = replayed
-                    .customers()?
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| ProfileError::Corrupt("empty reply".into()))?;
+                let survivor = replayed.first_customer()?;
                 let merged = replayed
                     .notes
                     .iter()
@@ -1007,11 +975,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
         request: Option<RequestIdentity>,
     ) -> Result<(Customer, String), ProfileError> {
         if let Some(replayed) = self.replayed(tenant, request.as_ref()).await? {
-            let customer = replayed
-                .customers()?
-                .into_iter()
-                .next()
-                .ok_or_else(|| ProfileError::Corrupt("empty reply".into()))?;
+            let customer = replayed.first_customer()?;
             return Ok((
                 customer,
                 replayed
@@ -1108,11 +1072,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
         {
             None => Ok((after, pseudonym)),
             Some(replayed) => {
-                let customer = replayed
-                    .customers()?
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| ProfileError::Corrupt("empty reply".into()))?;
+                let customer = replayed.first_customer()?;
                 Ok((customer, replayed.notes.into_iter().next().unwrap_or(pseudonym)))
             }
         }
