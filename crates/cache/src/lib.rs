@@ -87,13 +87,6 @@ impl RedisCache {
         })
     }
 
-    /// Validates a URL without connecting (for `crm config check`).
-    pub fn validate_url(url: &str) -> Result<(), InvalidRedisUrl> {
-        redis::Client::open(url)
-            .map(|_| ())
-            .map_err(|error| InvalidRedisUrl(error.to_string()))
-    }
-
     /// Whether the first connection has been made.
     pub fn is_connected(&self) -> bool {
         self.connection.get().is_some()

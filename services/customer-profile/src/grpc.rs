@@ -20,7 +20,7 @@ use sea_orm::DatabaseConnection;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use crate::convert::{customer_to_proto, draft_from_proto, from_timestamp, timestamp};
+use crate::convert::{customer_to_proto, draft_from_proto, timestamp};
 use crate::domain::{self, Identity, IdentityKind, Survivorship, parse_customer_name, validate_request_id};
 use crate::error::ProfileError;
 use crate::query::{self, decode_page_token, encode_page_token, parse_list};
@@ -819,9 +819,4 @@ impl CustomerProfileService for CustomerProfileGrpc {
         let saved = self.service.update_settings(&tenant, settings, identity).await?;
         Ok(Response::new(settings_to_proto(&saved)))
     }
-}
-
-/// Reads an optional timestamp field.
-pub fn optional_time(time: &Option<prost_types::Timestamp>) -> Option<chrono::DateTime<chrono::Utc>> {
-    time.as_ref().and_then(from_timestamp)
 }

@@ -14,7 +14,7 @@ use crm_runtime::TenantId;
 use prost::Message;
 use uuid::Uuid;
 
-use crate::convert::{decode_snapshot, encode_snapshot, timestamp};
+use crate::convert::{decode_snapshot, encode_snapshot};
 use crate::domain::{self, Customer, CustomerDraft, Identity, IdentityKind, RecordState, Survivorship};
 use crate::error::ProfileError;
 use crate::store::{
@@ -1374,9 +1374,4 @@ pub fn score_pair(first: &Customer, second: &Customer) -> Duplicate {
         score: (score * 1000.0).round() / 1000.0,
         reasons,
     }
-}
-
-/// The timestamp proto of a consent decision time.
-pub fn decision_time(decision: &ConsentDecision) -> prost_types::Timestamp {
-    timestamp(decision.change_time)
 }

@@ -405,6 +405,25 @@ fn from_row(model: customer::Model) -> Result<Customer, ProfileError> {
 
 /// Rewrites the mirrored identities, tags and attributes of one customer. Returns the first
 /// identity owned by someone else.
+/// Deletes a customer's mirrored tags and attributes (the rows `sync_children` rewrites).
+async fn delete_tags_and_attributes(
+    txn: &DatabaseTransaction,
+    tenant_id: &str,
+    customer_id: Uuid,
+) -> Result<(), DbErr> {
+    tag::Entity::delete_many()
+        .filter(tag::Column::TenantId.eq(tenant_id))
+        .filter(tag::Column::CustomerId.eq(customer_id))
+        .exec(txn)
+        .await?;
+    attribute::Entity::delete_many()
+        .filter(attribute::Column::TenantId.eq(tenant_id))
+        .filter(attribute::Column::CustomerId.eq(customer_id))
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
 async fn sync_children(
     txn: &DatabaseTransaction,
     tenant: &TenantId,
@@ -464,16 +483,7 @@ async fn sync_children(
         }
     }
 
-    tag::Entity::delete_many()
-        .filter(tag::Column::TenantId.eq(tenant_id.clone()))
-        .filter(tag::Column::CustomerId.eq(customer.id))
-        .exec(txn)
-        .await?;
-    attribute::Entity::delete_many()
-        .filter(attribute::Column::TenantId.eq(tenant_id.clone()))
-        .filter(attribute::Column::CustomerId.eq(customer.id))
-        .exec(txn)
-        .await?;
+    delete_tags_and_attributes(txn, &tenant_id, customer.id).await?;
     if customer.state == RecordState::Active {
         if !customer.tags.is_empty() {
             tag::Entity::insert_many(customer.tags.iter().map(|value| tag::ActiveModel {
@@ -1036,15 +1046,19 @@ impl CustomerStore for SeaOrmCustomerStore {
                 .filter(identity::Column::CustomerId.eq(row.id))
                 .exec(&txn)
                 .await?;
-            tag::Entity::delete_many()
-                .filter(tag::Column::TenantId.eq(row.tenant_id.clone()))
-                .filter(tag::Column::CustomerId.eq(row.id))
+            delete_tags_and_attributes(&txn, &row.tenant_id, row.id).await?;
+            // A purged customer leaves nothing personal behind: merge snapshots and stored
+            // idempotent answers about it go too.
+            merge::Entity::delete_many()
+                .filter(merge::Column::TenantId.eq(row.tenant_id.clone()))
+                .filter(
+                    Condition::any()
+                        .add(merge::Column::MergedId.eq(row.id))
+                        .add(merge::Column::SurvivorId.eq(row.id)),
+                )
                 .exec(&txn)
                 .await?;
-            attribute::Entity::delete_many()
-                .filter(attribute::Column::TenantId.eq(row.tenant_id.clone()))
-                .filter(attribute::Column::CustomerId.eq(row.id))
-                .exec(&txn)
+            idempotency::forget_subjects(&txn, &row.tenant_id, &[crate::domain::customer_name(row.id)], "")
                 .await?;
             consent::Entity::delete_many()
                 .filter(consent::Column::TenantId.eq(row.tenant_id.clone()))
