@@ -9,7 +9,7 @@ use crm_cache::{Cache, LocalCache, RedisCache};
 use crm_db::DbSettings;
 use crm_db::sea_orm::DatabaseConnection;
 use crm_db::sea_orm_migration::MigratorTrait;
-use crm_runtime::channel::network_channel;
+use crm_runtime::channel::{in_process_pair, network_channel};
 use crm_runtime::server::{HealthEntry, ProbeFn, Suite};
 use crm_runtime::{Config, ServiceKind, require_tenant};
 use crm_telemetry::TelemetrySettings;
@@ -107,6 +107,21 @@ async fn serve_with_telemetry(config: &Config) -> anyhow::Result<()> {
     let cache_ttl = Duration::from_secs(config.cache.ttl_secs);
     let retention = Duration::from_secs(config.idempotency_retention_hours * 3600);
 
+    // Local services reach each other through the in-process transport, remote ones through
+    // their peer address; the same generated clients either way.
+    let (local_channel, local_incoming) = in_process_pair();
+    let connect_timeout = Duration::from_secs(config.database.connect_timeout_secs);
+    let channel_to = |kind: ServiceKind| -> anyhow::Result<tonic::transport::Channel> {
+        if config.runs(kind) {
+            return Ok(local_channel.clone());
+        }
+        let url = config
+            .peers
+            .get(kind)
+            .with_context(|| format!("no address for {kind} (validated config always has one)"))?;
+        Ok(network_channel(url, connect_timeout)?)
+    };
+
     let mut builder = RoutesBuilder::default();
     let mut health = Vec::new();
     for kind in config.services.iter().copied() {
@@ -122,9 +137,9 @@ async fn serve_with_telemetry(config: &Config) -> anyhow::Result<()> {
                     require_tenant,
                 ));
             }
-            (ServiceKind::Interaction, Some(_)) => {
+            (ServiceKind::Interaction, Some(db)) => {
                 builder.add_service(InterceptedService::new(
-                    crm_interaction::InteractionGrpc::server(),
+                    crm_interaction::InteractionGrpc::server(db, channel_to(ServiceKind::CustomerProfile)?),
                     require_tenant,
                 ));
             }
@@ -165,7 +180,6 @@ async fn serve_with_telemetry(config: &Config) -> anyhow::Result<()> {
 
     let mut routes: Routes = builder.routes();
     if config.runs(ServiceKind::Gateway) {
-        let connect_timeout = Duration::from_secs(config.database.connect_timeout_secs);
         let mut peers = Vec::new();
         for kind in ServiceKind::ALL.into_iter().filter(|kind| !config.runs(*kind)) {
             if let Some(url) = config.peers.get(kind) {
@@ -190,7 +204,7 @@ async fn serve_with_telemetry(config: &Config) -> anyhow::Result<()> {
             routes,
             health,
             probe_interval: Duration::from_millis(config.database.health_probe_interval_ms),
-            in_process: None,
+            in_process: Some(local_incoming),
             shutdown_grace: config.shutdown_grace(),
         },
         crm_runtime::server::shutdown_signal(),

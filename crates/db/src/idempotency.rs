@@ -44,6 +44,54 @@ pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
 
+/// What identifies a mutating request for idempotency: its method, its `request_id` and the
+/// fingerprint of its payload. Every service builds it the same way ([`RequestKey::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestKey {
+    pub method: &'static str,
+    pub request_id: String,
+    pub fingerprint: String,
+}
+
+/// A `request_id` that is not 1 to 128 printable ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be 1 to 128 printable ASCII characters")]
+pub struct InvalidRequestId;
+
+impl RequestKey {
+    /// The key of a request, or `None` when it has no `request_id` (it is then not
+    /// idempotent). `encoded_without_request_id` is the request encoded with `request_id`
+    /// cleared, so a retry matches and another payload under the same id does not.
+    pub fn parse(
+        method: &'static str,
+        request_id: &str,
+        encoded_without_request_id: &[u8],
+    ) -> Result<Option<Self>, InvalidRequestId> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        if request_id.len() > 128 || !request_id.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(InvalidRequestId);
+        }
+        Ok(Some(Self {
+            method,
+            request_id: request_id.to_owned(),
+            fingerprint: fingerprint(encoded_without_request_id),
+        }))
+    }
+
+    /// The claim that stores `response` (about `subject`) under this key.
+    pub fn claim(&self, response: Vec<u8>, subject: String) -> IdempotencyClaim {
+        IdempotencyClaim {
+            method: self.method,
+            request_id: self.request_id.clone(),
+            fingerprint: self.fingerprint.clone(),
+            response,
+            subject,
+        }
+    }
+}
+
 /// The claim a mutating request makes before applying its change.
 #[derive(Debug, Clone)]
 pub struct IdempotencyClaim {
@@ -163,4 +211,21 @@ pub async fn find<C: ConnectionTrait>(
                 response: record.response,
             }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_printable_ascii_of_at_most_128() {
+        assert_eq!(RequestKey::parse("M", "", b"x"), Ok(None));
+        let key = RequestKey::parse("M", "7f1c-retry", b"x").ok().flatten();
+        assert_eq!(key.map(|key| key.fingerprint), Some(fingerprint(b"x")));
+        assert_eq!(RequestKey::parse("M", "has space", b"x"), Err(InvalidRequestId));
+        assert_eq!(
+            RequestKey::parse("M", &"a".repeat(129), b"x"),
+            Err(InvalidRequestId)
+        );
+    }
 }

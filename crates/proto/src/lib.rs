@@ -39,6 +39,9 @@ pub mod google {
     pub mod api {
         tonic::include_proto!("google.api");
     }
+    pub mod r#type {
+        tonic::include_proto!("google.r#type");
+    }
 }
 
 pub use crm::customerprofile::v1 as customerprofile_v1;

@@ -69,6 +69,15 @@ impl ServiceKind {
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.name() == name)
     }
+
+    /// The services this role calls (reads and event subscriptions): each runs in the same
+    /// process or has a peer address.
+    pub fn dependencies(self) -> &'static [ServiceKind] {
+        match self {
+            Self::CustomerProfile | Self::Segmentation | Self::Loyalty | Self::Gateway => &[],
+            Self::Interaction => &[Self::CustomerProfile],
+        }
+    }
 }
 
 impl fmt::Display for ServiceKind {
@@ -327,6 +336,18 @@ impl Config {
                 check_http_url(url).map_err(|message| ConfigError::new(peer_key(kind), message))?;
             }
         }
+        for kind in self.services.iter().copied() {
+            for dependency in kind.dependencies() {
+                if !self.runs(*dependency) && self.peers.get(*dependency).is_none() {
+                    return Err(ConfigError::new(
+                        peer_key(*dependency),
+                        format!(
+                            "{kind} calls {dependency}, which this process does not run: set its address"
+                        ),
+                    ));
+                }
+            }
+        }
         if self.runs(ServiceKind::Gateway) {
             for kind in ServiceKind::ALL
                 .into_iter()
@@ -511,6 +532,17 @@ mod tests {
             assert_eq!(config.otel.endpoint.as_deref(), Some("http://127.0.0.1:4317"));
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_service_without_the_peers_it_calls_is_refused() {
+        let mut config = Config {
+            services: vec![ServiceKind::Interaction],
+            ..Config::default()
+        };
+        assert_eq!(config.validate().unwrap_err().key, "peers.customer_profile");
+        config.services.push(ServiceKind::CustomerProfile);
+        assert!(config.validate().is_ok());
     }
 
     #[test]
