@@ -702,16 +702,6 @@ pub fn parse_customer_name(name: &str, field: &str) -> Result<Uuid, ProfileError
 }
 
 /// Checks an AIP-155 request id: 1 to 128 printable ASCII characters.
-pub fn validate_request_id(request_id: &str) -> Result<(), ProfileError> {
-    if request_id.len() > 128 || !request_id.bytes().all(|byte| byte.is_ascii_graphic()) {
-        return Err(ProfileError::invalid(
-            "request_id",
-            "must be 1 to 128 printable ASCII characters",
-        ));
-    }
-    Ok(())
-}
-
 /// Which record wins a single-valued field in a merge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Survivorship {
@@ -1008,12 +998,5 @@ mod tests {
         assert_eq!(absorbed[0].state, RecordState::Merged);
         assert_eq!(absorbed[0].merged_into, Some(survivor.id));
         assert!(absorbed[0].identities().is_empty());
-    }
-
-    #[test]
-    fn request_ids_are_printable_ascii() {
-        assert!(validate_request_id("7f1c-retry").is_ok());
-        assert!(validate_request_id("has space").is_err());
-        assert!(validate_request_id(&"a".repeat(129)).is_err());
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crm_cache::Cache;
-use crm_db::idempotency::fingerprint;
+use crm_db::idempotency::RequestKey;
 use crm_db::outbox::Outbox;
 use crm_proto::customerprofile_v1 as pb;
 use crm_proto::customerprofile_v1::customer_profile_service_server::{
@@ -21,10 +21,10 @@ use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use crate::convert::{customer_to_proto, draft_from_proto, timestamp};
-use crate::domain::{self, Identity, IdentityKind, Survivorship, parse_customer_name, validate_request_id};
+use crate::domain::{self, Identity, IdentityKind, Survivorship, parse_customer_name};
 use crate::error::ProfileError;
 use crate::query::{self, decode_page_token, encode_page_token, parse_list};
-use crate::service::{ConsentView, CustomerProfile, ImportOutcome, RequestIdentity};
+use crate::service::{ConsentView, CustomerProfile, ImportOutcome};
 use crate::store::{ConsentDecision, ListOrder, SeaOrmCustomerStore, Settings, SortValue};
 
 /// How often a subscriber that is caught up looks for events other processes committed.
@@ -34,6 +34,10 @@ const MAX_IMPORT_BATCH: usize = 1000;
 
 pub struct CustomerProfileGrpc {
     service: Arc<CustomerProfile<SeaOrmCustomerStore>>,
+    /// (region, number as typed) -> E.164, for lookups: parsing takes ~14 µs (criterion,
+    /// `normalize_phone`), most of it hashing the phone metadata's regex patterns, and a call
+    /// center looks the same callers up again and again. Only valid numbers are kept.
+    parsed_phones: moka::sync::Cache<(String, String), String>,
 }
 
 impl CustomerProfileGrpc {
@@ -67,9 +71,12 @@ impl CustomerProfileGrpc {
             }
         });
         // Import responses carry one result per row (100k rows is several MB).
-        CustomerProfileServiceServer::new(Self { service })
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024)
+        CustomerProfileServiceServer::new(Self {
+            service,
+            parsed_phones: moka::sync::Cache::new(100_000),
+        })
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024)
     }
 }
 
@@ -77,24 +84,27 @@ fn record_customer(id: &Uuid) {
     tracing::Span::current().record("customer", tracing::field::display(id));
 }
 
-/// The idempotency identity of a request: `cleared` is the request with `request_id` emptied.
+/// The idempotency key of a request: `cleared` is the request with `request_id` emptied.
 fn request_identity<M: Message>(
     method: &'static str,
     request_id: &str,
     cleared: &M,
-) -> Result<Option<RequestIdentity>, ProfileError> {
-    if request_id.is_empty() {
-        return Ok(None);
-    }
-    validate_request_id(request_id)?;
-    Ok(Some(RequestIdentity {
-        method,
-        request_id: request_id.to_owned(),
-        fingerprint: fingerprint(&cleared.encode_to_vec()),
-    }))
+) -> Result<Option<RequestKey>, ProfileError> {
+    RequestKey::parse(method, request_id, &cleared.encode_to_vec())
+        .map_err(|error| ProfileError::invalid("request_id", error.to_string()))
 }
 
 impl CustomerProfileGrpc {
+    fn parsed_phone(&self, raw: String, region: &str) -> Result<String, ProfileError> {
+        let key = (region.to_owned(), raw);
+        if let Some(parsed) = self.parsed_phones.get(&key) {
+            return Ok(parsed);
+        }
+        let parsed = domain::normalize_phone(&key.1, region, "phone")?;
+        self.parsed_phones.insert(key, parsed.clone());
+        Ok(parsed)
+    }
+
     async fn show(
         &self,
         tenant: &TenantId,
@@ -419,7 +429,7 @@ impl CustomerProfileService for CustomerProfileGrpc {
             }
             Some(pb::lookup_customer_request::Key::Phone(phone)) => Identity {
                 kind: IdentityKind::Phone,
-                value: domain::normalize_phone(&phone, &settings.default_region, "phone")?,
+                value: self.parsed_phone(phone, &settings.default_region)?,
             },
             Some(pb::lookup_customer_request::Key::Email(email)) => Identity {
                 kind: IdentityKind::Email,

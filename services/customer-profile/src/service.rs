@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use crm_cache::{Cache, customer_key};
-use crm_db::idempotency::IdempotencyClaim;
+use crm_db::idempotency::RequestKey;
 use crm_db::outbox::{NewEvent, Outbox};
 use crm_proto::customerprofile_v1 as pb;
 use crm_runtime::TenantId;
@@ -25,14 +25,6 @@ use crate::store::{
 const CACHE_KIND: &str = "customer";
 /// How often an update without an etag is retried when a concurrent write moved the revision.
 const UPDATE_ATTEMPTS: usize = 5;
-
-/// Identifies a mutating request for idempotency: its method, `request_id` and fingerprint.
-#[derive(Debug, Clone)]
-pub struct RequestIdentity {
-    pub method: &'static str,
-    pub request_id: String,
-    pub fingerprint: String,
-}
 
 /// What an idempotent request stores as its answer: customer snapshots and a note (merged
 /// names, a pseudonym), replayed into the same domain result.
@@ -183,7 +175,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
     async fn replayed(
         &self,
         tenant: &TenantId,
-        request: Option<&RequestIdentity>,
+        request: Option<&RequestKey>,
     ) -> Result<Option<StoredReply>, ProfileError> {
         let Some(request) = request else { return Ok(None) };
         let Some(stored) = self
@@ -209,23 +201,20 @@ impl<S: CustomerStore> CustomerProfile<S> {
         &self,
         tenant: &TenantId,
         changes: ChangeSet,
-        request: Option<&RequestIdentity>,
+        request: Option<&RequestKey>,
         reply: &StoredReply,
         touched: &[&Customer],
         identities_before: &[Identity],
     ) -> Result<Option<StoredReply>, ProfileError> {
-        let claim = request.map(|request| IdempotencyClaim {
-            method: request.method,
-            request_id: request.request_id.clone(),
-            fingerprint: request.fingerprint.clone(),
-            response: reply.encode_to_vec(),
+        let claim = request.map(|request| {
             // The first customer of a reply is the one it is about.
-            subject: reply
+            let subject = reply
                 .customers
                 .first()
                 .and_then(|bytes| decode_snapshot(bytes).ok())
                 .map(|customer| customer.resource_name())
-                .unwrap_or_default(),
+                .unwrap_or_default();
+            request.claim(reply.encode_to_vec(), subject)
         });
         let has_events = !changes.events.is_empty();
         match self.store.apply(tenant, changes, claim.as_ref()).await? {
@@ -266,7 +255,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
         tenant: &TenantId,
         write: Write,
         kind: pb::customer_event::Type,
-        request: Option<&RequestIdentity>,
+        request: Option<&RequestKey>,
         identities_before: &[Identity],
     ) -> Result<Customer, ProfileError> {
         let after = match &write {
@@ -327,7 +316,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
         &self,
         tenant: &TenantId,
         draft: CustomerDraft,
-        request: Option<RequestIdentity>,
+        request: Option<RequestKey>,
     ) -> Result<Customer, ProfileError> {
         if let Some(replayed) = self.replayed(tenant, request.as_ref()).await? {
             return replayed.first_customer();
@@ -428,7 +417,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
         draft: CustomerDraft,
         mask: Vec<String>,
         etag: Option<String>,
-        request: Option<RequestIdentity>,
+        request: Option<RequestKey>,
     ) -> Result<Customer, ProfileError> {
         if let Some(replayed) = self.replayed(tenant, request.as_ref()).await? {
             return replayed.first_customer();
@@ -479,7 +468,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
         tenant: &TenantId,
         id: Uuid,
         etag: Option<String>,
-        request: Option<RequestIdentity>,
+        request: Option<RequestKey>,
     ) -> Result<Customer, ProfileError> {
         if let Some(replayed) = self.replayed(tenant, request.as_ref()).await? {
             return replayed.first_customer();
@@ -518,7 +507,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
         &self,
         tenant: &TenantId,
         id: Uuid,
-        request: Option<RequestIdentity>,
+        request: Option<RequestKey>,
     ) -> Result<Customer, ProfileError> {
         if let Some(replayed) = self.replayed(tenant, request.as_ref()).await? {
             return replayed.first_customer();
@@ -650,10 +639,13 @@ impl<S: CustomerStore> CustomerProfile<S> {
     /// The call-center path: identity -> owner (cached) -> customer (cached).
     pub async fn lookup(&self, tenant: &TenantId, identity: Identity) -> Result<Customer, ProfileError> {
         let key = lookup_key(tenant, &identity);
+        // The owner's snapshot is cached under the identity itself, so a warm lookup is one
+        // cache round trip. Every committed change drops the lookup keys of the identities its
+        // customers had before and after (`invalidate`), like their snapshot keys.
         if let Some(bytes) = self.cache.get(&key).await
-            && let Ok(id) = Uuid::from_slice(&bytes)
-            && let Ok(customer) = self.get_customer(tenant, id).await
-            // A stale mapping can only point at someone who no longer owns the identity.
+            && let Ok(customer) = decode_snapshot(&bytes)
+            // A stale entry can only show someone who no longer owns the identity.
+            && customer.state == RecordState::Active
             && customer.identities().contains(&identity)
         {
             return Ok(customer);
@@ -670,7 +662,9 @@ impl<S: CustomerStore> CustomerProfile<S> {
                 ProfileError::NotFound { .. } => ProfileError::not_found(identity.describe()),
                 other => other,
             })?;
-        self.cache.set(&key, customer.id.as_bytes(), self.cache_ttl).await;
+        self.cache
+            .set(&key, &encode_snapshot(&customer), self.cache_ttl)
+            .await;
         Ok(customer)
     }
 
@@ -753,7 +747,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
         merged_ids: &[Uuid],
         policy_for: impl Fn(&str) -> Survivorship,
         validate_only: bool,
-        request: Option<RequestIdentity>,
+        request: Option<RequestKey>,
     ) -> Result<MergeOutcome, ProfileError> {
         if !validate_only && let Some(replayed) = self.replayed(tenant, request.as_ref()).await? {
             let survivor = replayed.first_customer()?;
@@ -855,7 +849,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
         &self,
         tenant: &TenantId,
         merged_id: Uuid,
-        request: Option<RequestIdentity>,
+        request: Option<RequestKey>,
     ) -> Result<(Customer, Customer), ProfileError> {
         if let Some(replayed) = self.replayed(tenant, request.as_ref()).await? {
             let mut customers = replayed.customers()?.into_iter();
@@ -972,7 +966,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
         &self,
         tenant: &TenantId,
         id: Uuid,
-        request: Option<RequestIdentity>,
+        request: Option<RequestKey>,
     ) -> Result<(Customer, String), ProfileError> {
         if let Some(replayed) = self.replayed(tenant, request.as_ref()).await? {
             let customer = replayed.first_customer()?;
@@ -1083,7 +1077,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
         tenant: &TenantId,
         customer_id: Uuid,
         decision: ConsentDecision,
-        request: Option<RequestIdentity>,
+        request: Option<RequestKey>,
     ) -> Result<ConsentView, ProfileError> {
         if self.replayed(tenant, request.as_ref()).await?.is_some() {
             return self
@@ -1285,7 +1279,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
         &self,
         tenant: &TenantId,
         settings: Settings,
-        request: Option<RequestIdentity>,
+        request: Option<RequestKey>,
     ) -> Result<Settings, ProfileError> {
         let mut settings = settings;
         settings.update_time = Some(domain::now());
