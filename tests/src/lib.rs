@@ -21,6 +21,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 pub use crm_proto::customerprofile_v1 as profile;
+pub use crm_proto::interaction_v1 as interaction;
 
 /// The roles, as `crm serve --services` names them, and their gRPC services.
 pub const SERVICES: [(&str, &str); 5] = [
@@ -286,10 +287,11 @@ impl Suite {
             }
             Topology::Split => {
                 let mut peer_flags = Vec::new();
+                // Roles start in dependency order; each learns the addresses of those before it.
                 for (role, _) in SERVICES.iter().filter(|(role, _)| *role != "gateway") {
-                    let process = suite
-                        .spawn(role, &["--services".into(), (*role).into()], &extra_env)
-                        .await;
+                    let mut args = vec!["--services".to_owned(), (*role).to_owned()];
+                    args.extend(peer_flags.iter().cloned());
+                    let process = suite.spawn(role, &args, &extra_env).await;
                     peer_flags.push("--peer".to_owned());
                     peer_flags.push(format!("{role}={}", process.url()));
                     suite.processes.push(process);
@@ -348,6 +350,27 @@ impl Suite {
         &self,
     ) -> profile::customer_profile_service_client::CustomerProfileServiceClient<Channel> {
         profile::customer_profile_service_client::CustomerProfileServiceClient::new(self.channel().await)
+    }
+
+    pub async fn interaction_client(
+        &self,
+    ) -> interaction::interaction_service_client::InteractionServiceClient<Channel> {
+        interaction::interaction_service_client::InteractionServiceClient::new(self.channel().await)
+            .max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    /// A connection of the test's own to a service's store (its PostgreSQL schema or SQLite
+    /// file), for what only the database can do, such as holding a transaction open.
+    pub async fn store(&self, schema: &str) -> sea_orm::DatabaseConnection {
+        let settings = crm_db::DbSettings {
+            url: self.database.as_ref().map(|database| database.url.clone()),
+            data_dir: self.data_dir.path().to_owned(),
+            max_connections: 2,
+            connect_timeout: Duration::from_secs(10),
+        };
+        crm_db::connect(&settings, schema)
+            .await
+            .expect("connect to the service's store")
     }
 
     /// Waits until every service reports SERVING on the process that runs it.
