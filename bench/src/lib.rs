@@ -5,11 +5,13 @@
 //! - [`driver`]: the closed-loop driver and its latency histograms;
 //! - [`echo`]: the bare tonic baseline, a `grpc.health.v1` server in-process;
 //! - [`suite`]: a fresh PostgreSQL database and a `crm serve` process per run;
-//! - [`workloads`]: setup and callers of each workload;
+//! - [`workloads`]: setup and callers of each customer-profile workload;
+//! - [`purchases`]: the interaction workloads (ingest against `\copy`, unary purchases);
 //! - [`report`]: the table.
 
 pub mod driver;
 pub mod echo;
+pub mod purchases;
 pub mod report;
 pub mod suite;
 pub mod workloads;

@@ -476,7 +476,6 @@ pub async fn import(channel: Channel, tenant: &Tenant, rows: u64, batch: usize) 
 /// The import's baseline: `psql \copy` of the same rows as CSV into a plain table (no index,
 /// no constraint) of `database_url`, timed around the `psql` command.
 pub async fn copy(database_url: &str, rows: u64, csv_dir: &Path) -> anyhow::Result<Bulk> {
-    let path = csv_dir.join(format!("crm-bench-{}.csv", uuid::Uuid::now_v7().simple()));
     let mut csv = String::with_capacity(rows as usize * 96);
     for n in 0..rows {
         let (display_name, id, email) = import_row(n);
@@ -484,22 +483,40 @@ pub async fn copy(database_url: &str, rows: u64, csv_dir: &Path) -> anyhow::Resu
             "CUSTOMER_KIND_CONSUMER,{display_name},erp,{id},{email}\n"
         ));
     }
+    copy_csv(
+        database_url,
+        "bench_copy",
+        "kind text, display_name text, external_system text, external_id text, email text",
+        &csv,
+        rows,
+        csv_dir,
+    )
+    .await
+}
+
+/// `psql \copy` of `csv` (`rows` lines) into a new plain table `table` (`columns`) of
+/// `database_url`, timed around the `psql` command; the row count is checked afterwards.
+pub async fn copy_csv(
+    database_url: &str,
+    table: &str,
+    columns: &str,
+    csv: &str,
+    rows: u64,
+    csv_dir: &Path,
+) -> anyhow::Result<Bulk> {
+    let path = csv_dir.join(format!("crm-bench-{table}-{}.csv", uuid::Uuid::now_v7().simple()));
     std::fs::write(&path, csv).with_context(|| format!("write {}", path.display()))?;
     let result = async {
-        psql(
-            database_url,
-            "CREATE TABLE bench_copy (kind text, display_name text, external_system text, external_id text, email text)",
-        )
-        .await?;
+        psql(database_url, &format!("CREATE TABLE {table} ({columns})")).await?;
         let path_text = path.display().to_string().replace('\'', "''");
         let started = Instant::now();
         psql(
             database_url,
-            &format!("\\copy bench_copy FROM '{path_text}' WITH (FORMAT csv)"),
+            &format!("\\copy {table} FROM '{path_text}' WITH (FORMAT csv)"),
         )
         .await?;
         let elapsed = started.elapsed();
-        let count = psql(database_url, "SELECT count(*) FROM bench_copy").await?;
+        let count = psql(database_url, &format!("SELECT count(*) FROM {table}")).await?;
         if count.trim() != rows.to_string() {
             bail!("\\copy loaded an unexpected number of rows: {}", count.trim());
         }

@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use crm_bench::driver::closed_loop;
 use crm_bench::echo::EchoServer;
+use crm_bench::purchases;
 use crm_bench::report::{Row, grouped, table};
 use crm_bench::suite::{BenchDatabase, CrmProcess, connect_pool};
 use crm_bench::workloads::{self, ColdLookupCaller, EchoCaller, Tenant, WarmLookupCaller};
@@ -28,6 +29,8 @@ const MAX_ERROR_RATIO: f64 = 0.001;
 /// The goal of the lookup issue: warm lookups at >= 0.5x echo req/s with p99 <= 2 ms.
 const GOAL_WARM_RATIO: f64 = 0.5;
 const GOAL_WARM_P99_MICROS: u64 = 2_000;
+/// The goal of the interaction issue: IngestPurchases at >= 0.5x `psql \copy` rows/s.
+const GOAL_INGEST_RATIO: f64 = 0.5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Workload {
@@ -39,6 +42,10 @@ enum Workload {
     LookupCold,
     /// ImportCustomers (client streaming), against `psql \copy` of the same rows.
     Import,
+    /// IngestPurchases (client streaming), against `psql \copy` of the same rows.
+    IngestPurchases,
+    /// Unary CreatePurchase, each a new order, against echo.
+    CreatePurchase,
 }
 
 #[derive(Debug, Parser)]
@@ -61,7 +68,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "echo,lookup-warm,lookup-cold,import"
+        default_value = "echo,lookup-warm,lookup-cold,import,ingest-purchases,create-purchase"
     )]
     workloads: Vec<Workload>,
     /// HTTP/2 connections per server; tasks use them round robin.
@@ -85,6 +92,15 @@ struct Args {
     /// Rows per ImportCustomers message.
     #[arg(long, default_value_t = 1_000)]
     import_batch: usize,
+    /// Customers the purchase workloads buy for (created with CreateCustomer).
+    #[arg(long, default_value_t = 1_000)]
+    purchase_customers: u64,
+    /// Rows of the ingest-purchases workload.
+    #[arg(long, default_value_t = 100_000)]
+    ingest_rows: u64,
+    /// Rows per IngestPurchases message.
+    #[arg(long, default_value_t = 1_000)]
+    ingest_batch: usize,
 }
 
 #[tokio::main]
@@ -121,8 +137,15 @@ struct Run<'a> {
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let wants = |workload: Workload| args.workloads.contains(&workload);
-    let needs_echo = wants(Workload::Echo) || wants(Workload::LookupWarm) || wants(Workload::LookupCold);
-    let needs_suite = wants(Workload::LookupWarm) || wants(Workload::LookupCold) || wants(Workload::Import);
+    let needs_echo = wants(Workload::Echo)
+        || wants(Workload::LookupWarm)
+        || wants(Workload::LookupCold)
+        || wants(Workload::CreatePurchase);
+    let needs_suite = wants(Workload::LookupWarm)
+        || wants(Workload::LookupCold)
+        || wants(Workload::Import)
+        || wants(Workload::IngestPurchases)
+        || wants(Workload::CreatePurchase);
     let env = if needs_suite {
         Some((required_env("DATABASE_URL")?, required_env("REDIS_URL")?))
     } else {
@@ -211,6 +234,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     print_goal(&rows);
+    print_ingest_goal(&rows);
 
     let mut failed = false;
     for row in &rows {
@@ -241,6 +265,28 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn print_ingest_goal(rows: &[Row]) {
+    let (Some(ingest), Some(copy)) = (
+        rows.iter().find(|row| row.workload == "ingest-purchases"),
+        rows.iter().find(|row| row.workload == "copy-purchases"),
+    ) else {
+        return;
+    };
+    let ratio = if copy.rate() > 0.0 {
+        ingest.rate() / copy.rate()
+    } else {
+        0.0
+    };
+    println!(
+        "goal ingest-purchases >= {GOAL_INGEST_RATIO}x psql \\copy rows/s: {} ({ratio:.3}x)",
+        if ratio >= GOAL_INGEST_RATIO {
+            "MET"
+        } else {
+            "MISSED"
+        }
+    );
 }
 
 fn print_goal(rows: &[Row]) {
@@ -422,6 +468,84 @@ async fn measure(context: &mut Run<'_>) -> anyhow::Result<()> {
         }
         row.note = Some(note);
         context.rows.push(row);
+    }
+
+    if wants(Workload::IngestPurchases) || wants(Workload::CreatePurchase) {
+        let started = Instant::now();
+        let first = 20_000_000;
+        let customers: Vec<String> = workloads::create_customers(
+            &channels,
+            &context.tenant,
+            first..first + args.purchase_customers.max(1),
+            concurrency,
+        )
+        .await
+        .context("setup of the purchase workloads")?
+        .into_iter()
+        .map(|target| target.name)
+        .collect();
+        eprintln!(
+            "purchases: created {} customers in {:.1} s",
+            customers.len(),
+            started.elapsed().as_secs_f64()
+        );
+        if wants(Workload::IngestPurchases) {
+            eprintln!(
+                "ingest-purchases: psql \\copy of {} rows (baseline)",
+                args.ingest_rows
+            );
+            let copied =
+                purchases::copy(&database.url, &customers, args.ingest_rows, &std::env::temp_dir()).await?;
+            let mut copy_row = Row::from_bulk("copy-purchases", &copied, None);
+            copy_row.note = Some(format!(
+                "`psql \\copy` of the same {} purchases (customer, order id, time, currency, minor units, channel) as CSV into a plain table (no index), psql start-up included",
+                grouped(args.ingest_rows)
+            ));
+            context.rows.push(copy_row);
+            eprintln!(
+                "ingest-purchases: IngestPurchases of {} rows in batches of {}",
+                args.ingest_rows, args.ingest_batch
+            );
+            let ingested = purchases::ingest(
+                channels[0].clone(),
+                &context.tenant,
+                &customers,
+                args.ingest_rows,
+                args.ingest_batch,
+            )
+            .await?;
+            let mut row = Row::from_bulk("ingest-purchases", &ingested, Some("copy-purchases"));
+            row.note = Some(format!(
+                "one IngestPurchases client stream of {} messages x {} rows over {} customers (each row: customer check, 5 indexes, an outbox event), {:.1} s end to end",
+                args.ingest_rows.div_ceil(args.ingest_batch.max(1) as u64),
+                args.ingest_batch,
+                customers.len(),
+                ingested.elapsed.as_secs_f64()
+            ));
+            context.rows.push(row);
+        }
+        if wants(Workload::CreatePurchase) {
+            eprintln!("create-purchase: measuring");
+            let customers = Arc::new(customers);
+            let callers = (0..concurrency)
+                .map(|task| {
+                    purchases::CreatePurchaseCaller::new(
+                        channels[task % channels.len()].clone(),
+                        context.tenant.clone(),
+                        Arc::clone(&customers),
+                        1_000_000_000_000,
+                        task,
+                    )
+                })
+                .collect();
+            let measured = closed_loop(callers, warmup, duration).await?;
+            let mut row = Row::from_measured("create-purchase", &measured, Some("echo"));
+            row.note = Some(format!(
+                "unary CreatePurchase, each a new order of one of {} customers (customer check from cache, one transaction with its outbox event)",
+                customers.len()
+            ));
+            context.rows.push(row);
+        }
     }
     Ok(())
 }
