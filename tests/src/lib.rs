@@ -22,6 +22,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 pub use crm_proto::customerprofile_v1 as profile;
 pub use crm_proto::interaction_v1 as interaction;
+pub use crm_proto::segmentation_v1 as segmentation;
 
 /// The roles, as `crm serve --services` names them, and their gRPC services.
 pub const SERVICES: [(&str, &str); 5] = [
@@ -308,10 +309,17 @@ impl Suite {
 
     /// The environment a process of this suite gets.
     pub fn env(&self) -> Vec<(String, String)> {
-        let mut env = vec![(
-            "CRM_DATA_DIR".to_owned(),
-            self.data_dir.path().display().to_string(),
-        )];
+        let mut env = vec![
+            (
+                "CRM_DATA_DIR".to_owned(),
+                self.data_dir.path().display().to_string(),
+            ),
+            // Shared by the processes of a split suite so they may read each other's feeds.
+            (
+                "CRM_INTERNAL_TOKEN".to_owned(),
+                "e2e-internal-token-0123456789".to_owned(),
+            ),
+        ];
         if let (Backend::Production { redis_url, .. }, Some(database)) = (&self.backend, &self.database) {
             env.push(("DATABASE_URL".to_owned(), database.url.clone()));
             env.push(("REDIS_URL".to_owned(), redis_url.clone()));
@@ -356,6 +364,13 @@ impl Suite {
         &self,
     ) -> interaction::interaction_service_client::InteractionServiceClient<Channel> {
         interaction::interaction_service_client::InteractionServiceClient::new(self.channel().await)
+            .max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    pub async fn segmentation_client(
+        &self,
+    ) -> segmentation::segmentation_service_client::SegmentationServiceClient<Channel> {
+        segmentation::segmentation_service_client::SegmentationServiceClient::new(self.channel().await)
             .max_decoding_message_size(64 * 1024 * 1024)
     }
 

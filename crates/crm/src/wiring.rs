@@ -10,6 +10,7 @@ use crm_db::DbSettings;
 use crm_db::sea_orm::DatabaseConnection;
 use crm_db::sea_orm_migration::MigratorTrait;
 use crm_runtime::channel::{in_process_pair, network_channel};
+use crm_runtime::internal::InternalToken;
 use crm_runtime::server::{HealthEntry, ProbeFn, Suite};
 use crm_runtime::{Config, ServiceKind, require_tenant};
 use crm_telemetry::TelemetrySettings;
@@ -122,6 +123,8 @@ async fn serve_with_telemetry(config: &Config) -> anyhow::Result<()> {
         Ok(network_channel(url, connect_timeout)?)
     };
 
+    let internal_token = InternalToken::configured_or_random(config.internal_token.as_deref());
+
     let mut builder = RoutesBuilder::default();
     let mut health = Vec::new();
     for kind in config.services.iter().copied() {
@@ -132,20 +135,29 @@ async fn serve_with_telemetry(config: &Config) -> anyhow::Result<()> {
         };
         match (kind, db.clone()) {
             (ServiceKind::CustomerProfile, Some(db)) => {
-                builder.add_service(InterceptedService::new(
-                    crm_customer_profile::CustomerProfileGrpc::server(db, Arc::clone(&cache), cache_ttl),
-                    require_tenant,
-                ));
+                let (service, feed) =
+                    crm_customer_profile::CustomerProfileGrpc::server(db, Arc::clone(&cache), cache_ttl);
+                builder.add_service(InterceptedService::new(service, require_tenant));
+                builder.add_service(InterceptedService::new(feed, internal_token.require()));
             }
             (ServiceKind::Interaction, Some(db)) => {
-                builder.add_service(InterceptedService::new(
-                    crm_interaction::InteractionGrpc::server(db, channel_to(ServiceKind::CustomerProfile)?),
-                    require_tenant,
-                ));
+                let (service, feed) =
+                    crm_interaction::InteractionGrpc::server(db, channel_to(ServiceKind::CustomerProfile)?);
+                builder.add_service(InterceptedService::new(service, require_tenant));
+                builder.add_service(InterceptedService::new(feed, internal_token.require()));
             }
-            (ServiceKind::Segmentation, Some(_)) => {
+            (ServiceKind::Segmentation, Some(db)) => {
                 builder.add_service(InterceptedService::new(
-                    crm_segmentation::SegmentationGrpc::server(),
+                    crm_segmentation::SegmentationGrpc::server(
+                        db,
+                        Arc::clone(&cache),
+                        cache_ttl,
+                        crm_segmentation::Feeds {
+                            customer_profile: channel_to(ServiceKind::CustomerProfile)?,
+                            interaction: channel_to(ServiceKind::Interaction)?,
+                            token: internal_token.clone(),
+                        },
+                    ),
                     require_tenant,
                 ));
             }

@@ -209,18 +209,20 @@ async fn begin_sequencer_transaction(db: &DatabaseConnection) -> Result<Database
     }
 }
 
-/// Reads up to `limit` events of `tenant_id` positioned after `after_position`, in position
-/// order, keeping only `event_types` (all when empty). Start from 0 for the whole log.
+/// Reads up to `limit` events of `tenant_id` (of every tenant when `None`, for the suite's
+/// internal feeds) positioned after `after_position`, in position order, keeping only
+/// `event_types` (all when empty). Start from 0 for the whole log.
 pub async fn read_after<C: ConnectionTrait>(
     db: &C,
-    tenant_id: &str,
+    tenant_id: Option<&str>,
     after_position: i64,
     event_types: &[String],
     limit: u64,
 ) -> Result<Vec<StoredEvent>, DbErr> {
-    let mut query = Entity::find()
-        .filter(Column::TenantId.eq(tenant_id))
-        .filter(Column::Position.gt(after_position));
+    let mut query = Entity::find().filter(Column::Position.gt(after_position));
+    if let Some(tenant_id) = tenant_id {
+        query = query.filter(Column::TenantId.eq(tenant_id));
+    }
     if !event_types.is_empty() {
         query = query.filter(Column::EventType.is_in(event_types.iter().map(String::as_str)));
     }
@@ -321,8 +323,9 @@ impl Outbox {
         }
     }
 
-    /// The events of `tenant_id` after `after_position` (of `event_types`, all when empty),
-    /// then each new one as it is positioned, until the stream is dropped.
+    /// The events of `tenant_id` (every tenant's when `None`) after `after_position` (of
+    /// `event_types`, all when empty), then each new one as it is positioned, until the stream
+    /// is dropped.
     ///
     /// Pull-based: a page of [`PAGE_SIZE`] events is read only when the consumer asks for an
     /// item and the previous page is used up, so a slow consumer slows the reads down and
@@ -334,7 +337,7 @@ impl Outbox {
     /// To resume after a restart, pass the position of the last event applied.
     pub fn subscribe(
         &self,
-        tenant_id: String,
+        tenant_id: Option<String>,
         after_position: i64,
         event_types: Vec<String>,
         poll_interval: Duration,
@@ -360,7 +363,7 @@ struct Subscription {
     /// Keeps the watch's sender alive, so `changed` waits rather than fails.
     outbox: Outbox,
     positioned: watch::Receiver<u64>,
-    tenant_id: String,
+    tenant_id: Option<String>,
     /// The position of the last event yielded (or the starting point).
     cursor: i64,
     event_types: Vec<String>,
@@ -386,7 +389,7 @@ impl Subscription {
             self.positioned.mark_unchanged();
             match read_after(
                 &self.outbox.inner.db,
-                &self.tenant_id,
+                self.tenant_id.as_deref(),
                 self.cursor,
                 &self.event_types,
                 PAGE_SIZE,

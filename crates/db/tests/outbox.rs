@@ -146,7 +146,7 @@ where
 
 /// Reads from `outbox` after `cursor` until `seen` holds `until` events, then drops the stream.
 async fn consume(outbox: &Outbox, cursor: i64, until: usize, seen: &mut Vec<StoredEvent>) {
-    let mut stream = pin!(outbox.subscribe("t1".into(), cursor, Vec::new(), POLL));
+    let mut stream = pin!(outbox.subscribe(Some("t1".into()), cursor, Vec::new(), POLL));
     while seen.len() < until {
         let next = tokio::time::timeout(STALL, stream.next())
             .await
@@ -212,7 +212,8 @@ async fn concurrent_writers_events_arrive_once_in_order_across_resumes() {
         assert_log(&seen, WRITERS, PER_WRITER);
 
         // Nothing more arrives, and everything is positioned.
-        let mut stream = pin!(outbox.subscribe("t1".into(), seen.last().unwrap().position, Vec::new(), POLL));
+        let mut stream =
+            pin!(outbox.subscribe(Some("t1".into()), seen.last().unwrap().position, Vec::new(), POLL));
         assert!(
             tokio::time::timeout(POLL * 4, stream.next()).await.is_err(),
             "an event beyond the 10,000"
@@ -247,7 +248,7 @@ async fn an_event_committed_late_is_not_skipped() {
                 1,
                 "only B is committed"
             );
-            b = outbox::read_after(db, "t1", 0, &[], 100).await.unwrap();
+            b = outbox::read_after(db, Some("t1"), 0, &[], 100).await.unwrap();
             assert_eq!(b.iter().map(label).collect::<Vec<_>>(), ["1:0"]);
 
             txn_a.commit().await.unwrap();
@@ -256,7 +257,7 @@ async fn an_event_committed_late_is_not_skipped() {
             let id_of = |payload: &[u8]| rows.iter().find(|row| row.payload == payload).unwrap().id;
             assert!(id_of(b"0:0") < id_of(b"1:0"), "A's id is below B's");
             assert_eq!(outbox::assign_positions(db).await.unwrap(), 1);
-            a = outbox::read_after(db, "t1", b[0].position, &[], 100)
+            a = outbox::read_after(db, Some("t1"), b[0].position, &[], 100)
                 .await
                 .unwrap();
         } else {
@@ -268,14 +269,14 @@ async fn an_event_committed_late_is_not_skipped() {
             outbox::append(&txn_b, &event("t1", "Early", 1, 0)).await.unwrap();
             txn_b.commit().await.unwrap();
             assert_eq!(outbox::assign_positions(db).await.unwrap(), 1);
-            b = outbox::read_after(db, "t1", 0, &[], 100).await.unwrap();
+            b = outbox::read_after(db, Some("t1"), 0, &[], 100).await.unwrap();
             assert_eq!(b.iter().map(label).collect::<Vec<_>>(), ["1:0"]);
 
             let txn_a = db.begin().await.unwrap();
             outbox::append(&txn_a, &event("t1", "Late", 0, 0)).await.unwrap();
             txn_a.commit().await.unwrap();
             assert_eq!(outbox::assign_positions(db).await.unwrap(), 1);
-            a = outbox::read_after(db, "t1", b[0].position, &[], 100)
+            a = outbox::read_after(db, Some("t1"), b[0].position, &[], 100)
                 .await
                 .unwrap();
         }
@@ -296,7 +297,7 @@ async fn a_live_subscriber_gets_an_event_committed_late() {
         let db = &backend.db;
         let outbox = Outbox::new(db.clone());
         let sequencer = outbox.spawn_sequencer(POLL);
-        let mut stream = pin!(outbox.subscribe("t1".into(), 0, Vec::new(), POLL));
+        let mut stream = pin!(outbox.subscribe(Some("t1".into()), 0, Vec::new(), POLL));
         if db.get_database_backend() == sea_orm::DbBackend::Postgres {
             let txn_a = db.begin().await.unwrap();
             outbox::append(&txn_a, &event("t1", "Late", 0, 0)).await.unwrap();
@@ -365,17 +366,17 @@ async fn tenant_and_type_filters_and_rolled_back_events() {
         assert_eq!(outbox::assign_positions(db).await.unwrap(), 5);
 
         let labels = |events: Vec<StoredEvent>| events.iter().map(label).collect::<Vec<_>>();
-        let t1 = outbox::read_after(db, "t1", 0, &[], 100).await.unwrap();
+        let t1 = outbox::read_after(db, Some("t1"), 0, &[], 100).await.unwrap();
         assert!(t1.iter().all(|event| event.tenant_id == "t1"));
         assert_eq!(labels(t1.clone()), ["1:0", "1:1", "1:2"]);
         assert_eq!(
-            labels(outbox::read_after(db, "t2", 0, &[], 100).await.unwrap()),
+            labels(outbox::read_after(db, Some("t2"), 0, &[], 100).await.unwrap()),
             ["2:0", "2:1"]
         );
         let types = |names: &[&str]| names.iter().map(|name| (*name).to_owned()).collect::<Vec<_>>();
         assert_eq!(
             labels(
-                outbox::read_after(db, "t1", 0, &types(&["Merged", "Erased"]), 100)
+                outbox::read_after(db, Some("t1"), 0, &types(&["Merged", "Erased"]), 100)
                     .await
                     .unwrap()
             ),
@@ -383,14 +384,26 @@ async fn tenant_and_type_filters_and_rolled_back_events() {
         );
         assert_eq!(
             labels(
-                outbox::read_after(db, "t2", 0, &types(&["Merged"]), 100)
+                outbox::read_after(db, Some("t2"), 0, &types(&["Merged"]), 100)
                     .await
                     .unwrap()
             ),
             ["2:1"]
         );
+        // The internal feeds read every tenant's events in position order.
+        let all = outbox::read_after(db, None, 0, &[], 100).await.unwrap();
+        assert_eq!(all.len(), 5);
+        assert!(all.windows(2).all(|pair| pair[0].position < pair[1].position));
+        assert_eq!(
+            labels(
+                outbox::read_after(db, None, 0, &types(&["Merged"]), 100)
+                    .await
+                    .unwrap()
+            ),
+            ["1:1", "2:1"]
+        );
         assert!(
-            outbox::read_after(db, "t3", 0, &[], 100)
+            outbox::read_after(db, Some("t3"), 0, &[], 100)
                 .await
                 .unwrap()
                 .is_empty()
@@ -398,7 +411,7 @@ async fn tenant_and_type_filters_and_rolled_back_events() {
         // After a cursor, and with a limit.
         assert_eq!(
             labels(
-                outbox::read_after(db, "t1", t1[0].position, &[], 1)
+                outbox::read_after(db, Some("t1"), t1[0].position, &[], 1)
                     .await
                     .unwrap()
             ),
@@ -413,7 +426,7 @@ async fn tenant_and_type_filters_and_rolled_back_events() {
 
         // A filtered subscription yields the same.
         let outbox = Outbox::new(db.clone());
-        let stream = outbox.subscribe("t1".into(), 0, types(&["Created", "Erased"]), POLL);
+        let stream = outbox.subscribe(Some("t1".into()), 0, types(&["Created", "Erased"]), POLL);
         let got: Vec<StoredEvent> =
             tokio::time::timeout(STALL, stream.take(2).map(Result::unwrap).collect::<Vec<_>>())
                 .await
@@ -441,7 +454,7 @@ async fn a_subscriber_reads_one_page_at_a_time() {
         let outbox = Outbox::new(db.clone());
 
         let started = Instant::now();
-        let mut stream = pin!(outbox.subscribe("t1".into(), 0, Vec::new(), POLL));
+        let mut stream = pin!(outbox.subscribe(Some("t1".into()), 0, Vec::new(), POLL));
         let mut first = Vec::new();
         for _ in 0..3 {
             first.push(stream.next().await.unwrap().unwrap().position);
@@ -503,7 +516,9 @@ async fn concurrent_sequencers_assign_each_position_once() {
             tokio::spawn(async move {
                 let mut snapshots = 0_u64;
                 while !done.load(Ordering::Relaxed) {
-                    let visible = outbox::read_after(&db, "t1", 0, &[], 1_000_000).await.unwrap();
+                    let visible = outbox::read_after(&db, Some("t1"), 0, &[], 1_000_000)
+                        .await
+                        .unwrap();
                     let positions: Vec<i64> = visible.iter().map(|event| event.position).collect();
                     let prefix: Vec<i64> = (1..=positions.len() as i64).collect();
                     assert_eq!(positions, prefix, "a snapshot with a hole");

@@ -33,7 +33,14 @@ pub mod crm {
             tonic::include_proto!("crm.gateway.v1");
         }
     }
+    pub mod internal {
+        pub mod v1 {
+            tonic::include_proto!("crm.internal.v1");
+        }
+    }
 }
+
+pub mod money;
 
 pub mod google {
     pub mod api {
@@ -47,5 +54,6 @@ pub mod google {
 pub use crm::customerprofile::v1 as customerprofile_v1;
 pub use crm::gateway::v1 as gateway_v1;
 pub use crm::interaction::v1 as interaction_v1;
+pub use crm::internal::v1 as internal_v1;
 pub use crm::loyalty::v1 as loyalty_v1;
 pub use crm::segmentation::v1 as segmentation_v1;

@@ -74,8 +74,10 @@ impl ServiceKind {
     /// process or has a peer address.
     pub fn dependencies(self) -> &'static [ServiceKind] {
         match self {
-            Self::CustomerProfile | Self::Segmentation | Self::Loyalty | Self::Gateway => &[],
+            Self::CustomerProfile | Self::Loyalty | Self::Gateway => &[],
             Self::Interaction => &[Self::CustomerProfile],
+            // Follows both event logs through their internal feeds.
+            Self::Segmentation => &[Self::CustomerProfile, Self::Interaction],
         }
     }
 }
@@ -104,6 +106,10 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Addresses of the roles this process does not run (split topology).
     pub peers: PeersConfig,
+    /// The secret every process of a split deployment shares to call the internal services
+    /// (the all-tenant event feeds); at least 16 characters. Required when a role here calls a
+    /// peer; in one process an unset token is a random one the process keeps to itself.
+    pub internal_token: Option<String>,
     /// How long a SIGTERM waits for in-flight calls before the process exits anyway.
     pub shutdown_grace_secs: u64,
     /// How long `request_id` idempotency records are kept (at least 24).
@@ -182,6 +188,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             cache: CacheConfig::default(),
             peers: PeersConfig::default(),
+            internal_token: None,
             shutdown_grace_secs: 10,
             idempotency_retention_hours: 48,
             log: LogConfig::default(),
@@ -247,7 +254,7 @@ impl ConfigError {
 
 /// Top-level keys, so that unrelated `CRM_*` variables in the environment are not read as
 /// (unknown) configuration.
-const TOP_LEVEL_KEYS: [&str; 12] = [
+const TOP_LEVEL_KEYS: [&str; 13] = [
     "listen",
     "services",
     "data_dir",
@@ -256,6 +263,7 @@ const TOP_LEVEL_KEYS: [&str; 12] = [
     "database",
     "cache",
     "peers",
+    "internal_token",
     "shutdown_grace_secs",
     "idempotency_retention_hours",
     "log",
@@ -338,12 +346,21 @@ impl Config {
         }
         for kind in self.services.iter().copied() {
             for dependency in kind.dependencies() {
-                if !self.runs(*dependency) && self.peers.get(*dependency).is_none() {
+                if self.runs(*dependency) {
+                    continue;
+                }
+                if self.peers.get(*dependency).is_none() {
                     return Err(ConfigError::new(
                         peer_key(*dependency),
                         format!(
                             "{kind} calls {dependency}, which this process does not run: set its address"
                         ),
+                    ));
+                }
+                if self.internal_token.is_none() {
+                    return Err(ConfigError::new(
+                        "internal_token",
+                        format!("{kind} calls {dependency} on a peer: set the token the deployment shares"),
                     ));
                 }
             }
@@ -362,6 +379,14 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Some(token) = &self.internal_token
+            && (token.chars().count() < 16 || token.chars().any(|c| !c.is_ascii_graphic()))
+        {
+            return Err(ConfigError::new(
+                "internal_token",
+                "must be at least 16 printable ASCII characters without spaces",
+            ));
         }
         crm_telemetry::validate_filter(&self.log.filter)
             .map_err(|error| ConfigError::new("log.filter", error.to_string()))?;
@@ -422,6 +447,9 @@ impl Config {
         let mut shown = self.clone();
         shown.database_url = shown.database_url.as_deref().map(redact_url);
         shown.redis_url = shown.redis_url.as_deref().map(redact_url);
+        if shown.internal_token.is_some() {
+            shown.internal_token = Some("********".into());
+        }
         toml_string(&shown)
     }
 }
@@ -541,6 +569,14 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(config.validate().unwrap_err().key, "peers.customer_profile");
+        config.peers.customer_profile = Some("http://127.0.0.1:50051".into());
+        assert_eq!(config.validate().unwrap_err().key, "internal_token");
+        config.internal_token = Some("short".into());
+        assert_eq!(config.validate().unwrap_err().key, "internal_token");
+        config.internal_token = Some("0123456789abcdef".into());
+        assert!(config.validate().is_ok());
+        config.peers.customer_profile = None;
+        config.internal_token = None;
         config.services.push(ServiceKind::CustomerProfile);
         assert!(config.validate().is_ok());
     }

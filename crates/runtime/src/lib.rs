@@ -5,6 +5,7 @@
 pub mod channel;
 pub mod config;
 pub mod context;
+pub mod internal;
 pub mod rpc_layer;
 pub mod server;
 pub mod tenant;

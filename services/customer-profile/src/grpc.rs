@@ -13,6 +13,10 @@ use crm_proto::customerprofile_v1 as pb;
 use crm_proto::customerprofile_v1::customer_profile_service_server::{
     CustomerProfileService, CustomerProfileServiceServer,
 };
+use crm_proto::internal_v1 as internal;
+use crm_proto::internal_v1::customer_event_feed_service_server::{
+    CustomerEventFeedService, CustomerEventFeedServiceServer,
+};
 use crm_runtime::TenantId;
 use futures::{Stream, StreamExt};
 use prost::Message;
@@ -43,13 +47,20 @@ pub struct CustomerProfileGrpc {
 impl CustomerProfileGrpc {
     /// The service over its own database and the shared cache. Starts the outbox sequencer and
     /// the purge of expired soft-deleted customers.
+    /// Also returns the internal all-tenant feed of its events (see `crm.internal.v1`).
     pub fn server(
         db: DatabaseConnection,
         cache: Arc<dyn Cache>,
         cache_ttl: Duration,
-    ) -> CustomerProfileServiceServer<Self> {
+    ) -> (
+        CustomerProfileServiceServer<Self>,
+        CustomerEventFeedServiceServer<CustomerEventFeedGrpc>,
+    ) {
         let outbox = Outbox::new(db.clone());
         outbox.spawn_sequencer(SUBSCRIBE_POLL);
+        let feed = CustomerEventFeedServiceServer::new(CustomerEventFeedGrpc {
+            outbox: outbox.clone(),
+        });
         let service = Arc::new(CustomerProfile::new(
             SeaOrmCustomerStore::new(db),
             cache,
@@ -71,12 +82,13 @@ impl CustomerProfileGrpc {
             }
         });
         // Import responses carry one result per row (100k rows is several MB).
-        CustomerProfileServiceServer::new(Self {
+        let server = CustomerProfileServiceServer::new(Self {
             service,
             parsed_phones: moka::sync::Cache::new(100_000),
         })
         .max_decoding_message_size(64 * 1024 * 1024)
-        .max_encoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024);
+        (server, feed)
     }
 }
 
@@ -744,7 +756,7 @@ impl CustomerProfileService for CustomerProfileGrpc {
         let events =
             self.service
                 .outbox()
-                .subscribe(tenant.as_str().to_owned(), after, types, SUBSCRIBE_POLL);
+                .subscribe(Some(tenant.as_str().to_owned()), after, types, SUBSCRIBE_POLL);
         let stream = events.map(|stored| {
             let stored = stored.map_err(|error| Status::from(crm_db::api_error(error)))?;
             let mut event = pb::CustomerEvent::decode(stored.payload.as_slice()).map_err(|error| {
@@ -828,5 +840,32 @@ impl CustomerProfileService for CustomerProfileGrpc {
         )?;
         let saved = self.service.update_settings(&tenant, settings, identity).await?;
         Ok(Response::new(settings_to_proto(&saved)))
+    }
+}
+
+/// The internal all-tenant feed of this service's events, for the suite's own consumers.
+pub struct CustomerEventFeedGrpc {
+    outbox: Outbox,
+}
+
+#[tonic::async_trait]
+impl CustomerEventFeedService for CustomerEventFeedGrpc {
+    type StreamCustomerEventsStream =
+        Pin<Box<dyn Stream<Item = Result<internal::StreamCustomerEventsResponse, Status>> + Send + 'static>>;
+
+    async fn stream_customer_events(
+        &self,
+        request: Request<internal::StreamCustomerEventsRequest>,
+    ) -> Result<Response<Self::StreamCustomerEventsStream>, Status> {
+        let request = request.into_inner();
+        let events = crm_runtime::internal::feed_stream(
+            &self.outbox,
+            &request.cursor,
+            request.event_types,
+            SUBSCRIBE_POLL,
+        )?;
+        Ok(Response::new(Box::pin(events.map(|event| {
+            event.map(|event| internal::StreamCustomerEventsResponse { event: Some(event) })
+        }))))
     }
 }

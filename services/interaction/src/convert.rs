@@ -135,6 +135,7 @@ fn new_event(
     tenant: &TenantId,
     kind: pb::interaction_event::Type,
     customer: Uuid,
+    origin_customer: Uuid,
     subject: String,
     record: pb::interaction_event::Record,
 ) -> NewEvent {
@@ -144,6 +145,7 @@ fn new_event(
         customer: domain::customer_name(customer),
         event_time: None,
         record: Some(record),
+        origin_customer: domain::customer_name(origin_customer),
     };
     NewEvent {
         tenant_id: tenant.as_str().to_owned(),
@@ -173,6 +175,7 @@ pub fn record_event(tenant: &TenantId, row: &NewRecord) -> Result<NewEvent, Inte
         tenant,
         event_type(row.kind),
         row.customer_id,
+        row.origin_customer_id,
         subject,
         record,
     ))
@@ -215,9 +218,11 @@ pub fn callback_event(
     let mut scrubbed = callback.clone();
     domain::scrub_callback(&mut scrubbed);
     scrubbed.overdue = false;
+    // Callbacks follow their customer; consumers have no use for where one was first filed.
     new_event(
         tenant,
         kind,
+        customer,
         customer,
         callback.name.clone(),
         pb::interaction_event::Record::Callback(scrubbed),

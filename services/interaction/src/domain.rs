@@ -241,14 +241,7 @@ pub fn money_from_proto(
 
 pub fn money_to_proto(currency: &str, minor_units: i64) -> ProtoMoney {
     // Stored currencies were validated on the way in.
-    let exponent = currency_exponent(currency, "").unwrap_or(2);
-    let scale = 10_i64.pow(exponent);
-    let nanos = (minor_units % scale) * nanos_per_minor_unit(exponent);
-    ProtoMoney {
-        currency_code: currency.to_owned(),
-        units: minor_units / scale,
-        nanos: i32::try_from(nanos).unwrap_or(0),
-    }
+    crm_proto::money::from_minor_units(currency, minor_units)
 }
 
 pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {

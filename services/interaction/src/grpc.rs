@@ -12,6 +12,10 @@ use crm_db::idempotency::RequestKey;
 use crm_db::outbox::Outbox;
 use crm_proto::interaction_v1 as pb;
 use crm_proto::interaction_v1::interaction_service_server::{InteractionService, InteractionServiceServer};
+use crm_proto::internal_v1 as internal;
+use crm_proto::internal_v1::interaction_event_feed_service_server::{
+    InteractionEventFeedService, InteractionEventFeedServiceServer,
+};
 use crm_runtime::TenantId;
 use futures::{Stream, StreamExt};
 use prost::Message;
@@ -43,9 +47,19 @@ impl InteractionGrpc {
     /// The service over its own database; `customer_profile` reaches the customer-profile
     /// service (in process or over the network). Starts the outbox sequencer and the follower
     /// of customer events.
-    pub fn server(db: DatabaseConnection, customer_profile: Channel) -> InteractionServiceServer<Self> {
+    /// Also returns the internal all-tenant feed of its events (see `crm.internal.v1`).
+    pub fn server(
+        db: DatabaseConnection,
+        customer_profile: Channel,
+    ) -> (
+        InteractionServiceServer<Self>,
+        InteractionEventFeedServiceServer<InteractionEventFeedGrpc>,
+    ) {
         let outbox = Outbox::new(db.clone());
         outbox.spawn_sequencer(SUBSCRIBE_POLL);
+        let feed = InteractionEventFeedServiceServer::new(InteractionEventFeedGrpc {
+            outbox: outbox.clone(),
+        });
         CustomerEventFollower::new(Arc::new(Store::new(db.clone())), customer_profile.clone()).spawn();
         let service = Arc::new(Interactions::new(
             Store::new(db),
@@ -53,9 +67,10 @@ impl InteractionGrpc {
             outbox,
         ));
         // Ingest responses carry one result per row.
-        InteractionServiceServer::new(Self { service })
+        let server = InteractionServiceServer::new(Self { service })
             .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024);
+        (server, feed)
     }
 }
 
@@ -907,7 +922,7 @@ impl InteractionService for InteractionGrpc {
         let events =
             self.service
                 .outbox()
-                .subscribe(tenant.as_str().to_owned(), after, types, SUBSCRIBE_POLL);
+                .subscribe(Some(tenant.as_str().to_owned()), after, types, SUBSCRIBE_POLL);
         let stream = events.map(|stored| {
             let stored = stored.map_err(|error| Status::from(crm_db::api_error(error)))?;
             let mut event = pb::InteractionEvent::decode(stored.payload.as_slice()).map_err(|error| {
@@ -920,5 +935,33 @@ impl InteractionService for InteractionGrpc {
             Ok(event)
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The internal all-tenant feed of this service's events, for the suite's own consumers.
+pub struct InteractionEventFeedGrpc {
+    outbox: Outbox,
+}
+
+#[tonic::async_trait]
+impl InteractionEventFeedService for InteractionEventFeedGrpc {
+    type StreamInteractionEventsStream = Pin<
+        Box<dyn Stream<Item = Result<internal::StreamInteractionEventsResponse, Status>> + Send + 'static>,
+    >;
+
+    async fn stream_interaction_events(
+        &self,
+        request: Request<internal::StreamInteractionEventsRequest>,
+    ) -> Result<Response<Self::StreamInteractionEventsStream>, Status> {
+        let request = request.into_inner();
+        let events = crm_runtime::internal::feed_stream(
+            &self.outbox,
+            &request.cursor,
+            request.event_types,
+            SUBSCRIBE_POLL,
+        )?;
+        Ok(Response::new(Box::pin(events.map(|event| {
+            event.map(|event| internal::StreamInteractionEventsResponse { event: Some(event) })
+        }))))
     }
 }
