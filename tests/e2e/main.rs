@@ -6,6 +6,7 @@
 mod interaction;
 mod lifecycle;
 mod profile;
+mod segmentation;
 mod slice;
 
 use std::path::Path;

@@ -27,6 +27,15 @@ pub trait Cache: Send + Sync + 'static {
     async fn set(&self, key: &str, value: &[u8], ttl: Duration);
     /// Removes `key`; callers invalidate after every committed change of what it holds.
     async fn delete(&self, key: &str);
+    /// Sets `fields` of the hash under `key` (other fields stay: several services write one
+    /// customer's hash) and makes the whole hash expire after `ttl`.
+    async fn hash_set(&self, key: &str, fields: &[(&str, Vec<u8>)], ttl: Duration);
+    /// One field of the hash under `key`; `None` on a miss.
+    async fn hash_get(&self, key: &str, field: &str) -> Option<Vec<u8>>;
+    /// Every field of the hash under `key`, sorted by name; empty on a miss.
+    async fn hash_get_all(&self, key: &str) -> Vec<(String, Vec<u8>)>;
+    /// Removes `fields` from the hash under `key`.
+    async fn hash_delete(&self, key: &str, fields: &[&str]);
     fn backend(&self) -> CacheBackend;
 }
 
@@ -150,14 +159,94 @@ impl Cache for RedisCache {
         }
     }
 
+    async fn hash_set(&self, key: &str, fields: &[(&str, Vec<u8>)], ttl: Duration) {
+        let Some(mut manager) = self.manager() else { return };
+        if fields.is_empty() {
+            return;
+        }
+        // One round trip, applied atomically: the fields never exist without their expiry.
+        let mut pipeline = redis::pipe();
+        pipeline.atomic();
+        pipeline.hset_multiple(key, fields).ignore();
+        pipeline
+            .expire(key, i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX))
+            .ignore();
+        match tokio::time::timeout(self.operation_timeout, pipeline.query_async::<()>(&mut manager)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "redis cache hash set failed"),
+            Err(_) => tracing::warn!("redis cache hash set timed out"),
+        }
+    }
+
+    async fn hash_get(&self, key: &str, field: &str) -> Option<Vec<u8>> {
+        let mut manager = self.manager()?;
+        match tokio::time::timeout(
+            self.operation_timeout,
+            manager.hget::<_, _, Option<Vec<u8>>>(key, field),
+        )
+        .await
+        {
+            Ok(Ok(value)) => value,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "redis cache hash get failed, treating as a miss");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("redis cache hash get timed out, treating as a miss");
+                None
+            }
+        }
+    }
+
+    async fn hash_get_all(&self, key: &str) -> Vec<(String, Vec<u8>)> {
+        let Some(mut manager) = self.manager() else {
+            return Vec::new();
+        };
+        match tokio::time::timeout(
+            self.operation_timeout,
+            manager.hgetall::<_, std::collections::BTreeMap<String, Vec<u8>>>(key),
+        )
+        .await
+        {
+            Ok(Ok(fields)) => fields.into_iter().collect(),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "redis cache hash read failed, treating as a miss");
+                Vec::new()
+            }
+            Err(_) => {
+                tracing::warn!("redis cache hash read timed out, treating as a miss");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn hash_delete(&self, key: &str, fields: &[&str]) {
+        let Some(mut manager) = self.manager() else { return };
+        if fields.is_empty() {
+            return;
+        }
+        match tokio::time::timeout(self.operation_timeout, manager.hdel::<_, _, ()>(key, fields)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "redis cache hash delete failed"),
+            Err(_) => tracing::warn!("redis cache hash delete timed out"),
+        }
+    }
+
     fn backend(&self) -> CacheBackend {
         CacheBackend::Redis
     }
 }
 
+/// What the in-process cache holds under a key: a value, or a hash of fields.
+#[derive(Clone)]
+enum LocalValue {
+    Bytes(Arc<[u8]>),
+    Hash(Arc<std::collections::BTreeMap<String, Arc<[u8]>>>),
+}
+
 #[derive(Clone)]
 struct LocalEntry {
-    value: Arc<[u8]>,
+    value: LocalValue,
     ttl: Duration,
 }
 
@@ -184,6 +273,15 @@ impl moka::Expiry<String, LocalEntry> for PerEntryTtl {
     }
 }
 
+impl LocalCache {
+    fn hash_of(&self, key: &str) -> Option<Arc<std::collections::BTreeMap<String, Arc<[u8]>>>> {
+        match self.entries.get(key)?.value {
+            LocalValue::Hash(fields) => Some(fields),
+            LocalValue::Bytes(_) => None,
+        }
+    }
+}
+
 /// The embedded default: a bounded in-process cache (moka) with a TTL per entry.
 #[derive(Clone)]
 pub struct LocalCache {
@@ -204,14 +302,17 @@ impl LocalCache {
 #[async_trait]
 impl Cache for LocalCache {
     async fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.entries.get(key).map(|entry| entry.value.to_vec())
+        match self.entries.get(key)?.value {
+            LocalValue::Bytes(value) => Some(value.to_vec()),
+            LocalValue::Hash(_) => None,
+        }
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) {
         self.entries.insert(
             key.to_owned(),
             LocalEntry {
-                value: Arc::from(value),
+                value: LocalValue::Bytes(Arc::from(value)),
                 ttl,
             },
         );
@@ -219,6 +320,64 @@ impl Cache for LocalCache {
 
     async fn delete(&self, key: &str) {
         self.entries.invalidate(key);
+    }
+
+    async fn hash_set(&self, key: &str, fields: &[(&str, Vec<u8>)], ttl: Duration) {
+        // Upserts are atomic per key, so concurrent writers of one hash both land.
+        self.entries.entry(key.to_owned()).and_upsert_with(|existing| {
+            let mut map = match existing.map(|entry| entry.into_value().value) {
+                Some(LocalValue::Hash(map)) => (*map).clone(),
+                _ => std::collections::BTreeMap::new(),
+            };
+            for (field, value) in fields {
+                map.insert((*field).to_owned(), Arc::from(value.as_slice()));
+            }
+            LocalEntry {
+                value: LocalValue::Hash(Arc::new(map)),
+                ttl,
+            }
+        });
+    }
+
+    async fn hash_get(&self, key: &str, field: &str) -> Option<Vec<u8>> {
+        self.hash_of(key)?.get(field).map(|value| value.to_vec())
+    }
+
+    async fn hash_get_all(&self, key: &str) -> Vec<(String, Vec<u8>)> {
+        self.hash_of(key)
+            .map(|fields| {
+                fields
+                    .iter()
+                    .map(|(field, value)| (field.clone(), value.to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn hash_delete(&self, key: &str, fields: &[&str]) {
+        let _ = self.entries.entry(key.to_owned()).and_compute_with(|existing| {
+            use moka::ops::compute::Op;
+            match existing.map(|entry| entry.into_value()) {
+                Some(LocalEntry {
+                    value: LocalValue::Hash(map),
+                    ttl,
+                }) => {
+                    let mut map = (*map).clone();
+                    for field in fields {
+                        map.remove(*field);
+                    }
+                    if map.is_empty() {
+                        Op::Remove
+                    } else {
+                        Op::Put(LocalEntry {
+                            value: LocalValue::Hash(Arc::new(map)),
+                            ttl,
+                        })
+                    }
+                }
+                _ => Op::Nop,
+            }
+        });
     }
 
     fn backend(&self) -> CacheBackend {
@@ -229,6 +388,28 @@ impl Cache for LocalCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn hash_round_trip(cache: &dyn Cache, key: &str) {
+        assert!(cache.hash_get_all(key).await.is_empty());
+        let ttl = Duration::from_secs(30);
+        cache
+            .hash_set(
+                key,
+                &[("rfm", b"545".to_vec()), ("stage", b"FORMATION".to_vec())],
+                ttl,
+            )
+            .await;
+        cache.hash_set(key, &[("tier", b"gold".to_vec())], ttl).await;
+        assert_eq!(cache.hash_get(key, "rfm").await.as_deref(), Some(&b"545"[..]));
+        let all = cache.hash_get_all(key).await;
+        let names: Vec<&str> = all.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["rfm", "stage", "tier"]);
+        cache.hash_delete(key, &["rfm", "stage"]).await;
+        assert_eq!(cache.hash_get(key, "rfm").await, None);
+        assert_eq!(cache.hash_get(key, "tier").await.as_deref(), Some(&b"gold"[..]));
+        cache.delete(key).await;
+        assert!(cache.hash_get_all(key).await.is_empty());
+    }
 
     async fn round_trip(cache: &dyn Cache, key: &str) {
         assert_eq!(cache.get(key).await, None);
@@ -255,6 +436,7 @@ mod tests {
     async fn local_cache_round_trips_and_expires() {
         let cache = LocalCache::new(100);
         round_trip(&cache, "k").await;
+        hash_round_trip(&cache, "h").await;
         cache.set("short", b"v", Duration::from_millis(50)).await;
         tokio::time::sleep(Duration::from_millis(120)).await;
         assert_eq!(cache.get("short").await, None);
@@ -274,6 +456,7 @@ mod tests {
             "redis at {url} did not connect"
         );
         round_trip(&cache, &unique_key()).await;
+        hash_round_trip(&cache, &unique_key()).await;
     }
 
     #[tokio::test]

@@ -1,12 +1,22 @@
-//! Segmentation service: each customer's value and stage (RFM, value classes, ABC, grades, lifecycle, CLV) and dynamic segments.
+//! Segmentation service: each customer's value and stage (RFM, value classes, ABC, lifecycle),
+//! kept current from the interaction and customer-profile event logs.
 //!
-//! Its contract grows with its own issue; this crate already owns the service's database (its
-//! schema or file, migrated at start) and registers the gRPC service so health checks and
-//! reflection see it. Layers as in every service: `domain` (pure) -> `store` -> `service`
-//! -> `grpc`; the first two modules arrive with the first use case.
+//! Layers, each depending only on the ones before it:
+//! - [`domain`]: the score definitions and the segment expression language, pure (no IO);
+//! - [`store`]: persistence in domain terms (sea-orm underneath) and the migrations;
+//! - [`scoring`]: from stored aggregates, settings and cut-offs to a customer's scores;
+//! - [`service`]: one method per use case: apply events, score runs, reads and reports;
+//! - [`follower`]: follows the internal feeds of interaction and customer-profile;
+//! - [`grpc`]: proto <-> use cases and the tonic service.
 
+pub mod domain;
+pub mod error;
+pub mod follower;
 pub mod grpc;
+pub mod scoring;
+pub mod service;
 pub mod store;
 
+pub use follower::Feeds;
 pub use grpc::SegmentationGrpc;
-pub use store::Migrator;
+pub use store::migrations::Migrator;

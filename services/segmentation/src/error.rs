@@ -1,0 +1,84 @@
+//! The service's failures, mapped exhaustively onto the one API error model.
+
+use crm_error::ApiError;
+use sea_orm::DbErr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentationError {
+    #[error("{field}: {description}")]
+    InvalidField { field: String, description: String },
+    #[error("{resource_name} not found")]
+    NotFound { resource_name: String },
+    #[error("{resource_name} changed since it was read")]
+    EtagMismatch { resource_name: String },
+    #[error("request_id {request_id:?} was already used for a different request")]
+    RequestIdReused { request_id: String },
+    /// A feed or call of another service failed.
+    #[error("{service}: {status}")]
+    Peer {
+        service: &'static str,
+        status: tonic::Status,
+    },
+    #[error("store: {0}")]
+    Store(#[from] DbErr),
+    #[error("stored data cannot be read: {0}")]
+    Corrupt(String),
+}
+
+impl SegmentationError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidField {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+
+    pub fn not_found(resource_name: impl Into<String>) -> Self {
+        Self::NotFound {
+            resource_name: resource_name.into(),
+        }
+    }
+
+    pub fn corrupt(what: impl std::fmt::Display) -> Self {
+        Self::Corrupt(what.to_string())
+    }
+}
+
+impl From<crate::domain::scores::ScoreError> for SegmentationError {
+    fn from(error: crate::domain::scores::ScoreError) -> Self {
+        Self::Corrupt(error.to_string())
+    }
+}
+
+impl From<SegmentationError> for ApiError {
+    fn from(error: SegmentationError) -> Self {
+        match error {
+            SegmentationError::InvalidField { field, description } => {
+                ApiError::invalid_field(field, description)
+            }
+            SegmentationError::NotFound { resource_name } => ApiError::NotFound { resource_name },
+            SegmentationError::EtagMismatch { resource_name } => ApiError::EtagMismatch { resource_name },
+            SegmentationError::RequestIdReused { request_id } => ApiError::invalid_field(
+                "request_id",
+                format!("{request_id:?} was already used for a request with a different payload"),
+            ),
+            SegmentationError::Peer { service, status } => match status.code() {
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                    ApiError::Unavailable {
+                        reason: "PEER_UNAVAILABLE",
+                        message: format!("{service} cannot be reached: {}", status.message()),
+                    }
+                }
+                _ => ApiError::internal(format!("{service} failed: {status}")),
+            },
+            SegmentationError::Store(db_error) => crm_db::api_error(db_error),
+            SegmentationError::Corrupt(message) => ApiError::internal(message),
+        }
+    }
+}
+
+impl From<SegmentationError> for tonic::Status {
+    fn from(error: SegmentationError) -> Self {
+        ApiError::from(error).into()
+    }
+}

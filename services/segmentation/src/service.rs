@@ -1,0 +1,781 @@
+//! The use cases: apply events to aggregates and rescore, score runs, reads and reports.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use crm_cache::{Cache, customer_key};
+use crm_db::idempotency::RequestKey;
+use crm_proto::segmentation_v1 as pb;
+use prost::Message;
+use sea_orm::DatabaseTransaction;
+use uuid::Uuid;
+
+use crate::domain::scores::{self, Aggregates, CustomerScores, WindowValues};
+use crate::error::SegmentationError;
+use crate::scoring::{self, HOT_FIELD_NAMES, HOT_SCORES_FIELD, ScoreInput, Settings};
+use crate::store::{ScoresColumn, Store, StoredOrigin, StoredRun};
+
+/// Owners rescored per transaction in a score run.
+const RUN_BATCH: usize = 1000;
+/// Origins read per query in a score run.
+const RUN_PAGE: u64 = 10_000;
+
+/// What one event means here.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A purchase (`purchases` 1) or refund (`purchases` 0, negative net) of `origin`.
+    Money {
+        origin: Uuid,
+        day: i64,
+        purchases: i64,
+        currency: String,
+        net_minor: i64,
+        margin_minor: i64,
+    },
+    Created {
+        customer: Uuid,
+    },
+    Merged {
+        survivor: Uuid,
+        merged: Vec<Uuid>,
+    },
+    Unmerged {
+        survivor: Uuid,
+        restored: Vec<Uuid>,
+    },
+    Erased {
+        customer: Uuid,
+    },
+}
+
+/// A positioned event of a feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedChange {
+    pub position: i64,
+    pub tenant: String,
+    pub change: Change,
+}
+
+/// The hot-score writes a commit leads to.
+#[derive(Debug, Default)]
+pub struct HotWrites {
+    pub set: Vec<(String, pb::CustomerScores)>,
+    pub removed: Vec<(String, Uuid)>,
+}
+
+pub struct Segmentation {
+    store: Store,
+    cache: Arc<dyn Cache>,
+    cache_ttl: Duration,
+}
+
+fn hot_key(tenant: &str, customer: Uuid) -> String {
+    customer_key("score", tenant, &customer.to_string())
+}
+
+impl Segmentation {
+    pub fn new(store: Store, cache: Arc<dyn Cache>, cache_ttl: Duration) -> Self {
+        Self {
+            store,
+            cache,
+            cache_ttl,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    // ---- events ----
+
+    /// Applies a batch of one feed's events in one transaction with the feed's cursor; events
+    /// at or below the stored cursor (applied before, by this or another replica) are skipped.
+    /// Writes the hot scores after the commit. Returns how many events were applied.
+    pub async fn apply(&self, source: &str, changes: &[FeedChange]) -> Result<usize, SegmentationError> {
+        let Some(last) = changes.last().map(|change| change.position) else {
+            return Ok(0);
+        };
+        let now = Utc::now();
+        let txn = self.store.begin_write().await?;
+        let stored = self.store.lock_feed(&txn, source).await?;
+        let fresh: Vec<&FeedChange> = changes.iter().filter(|change| change.position > stored).collect();
+        if fresh.is_empty() {
+            txn.rollback().await?;
+            return Ok(0);
+        }
+        let mut by_tenant: BTreeMap<&str, Vec<&Change>> = BTreeMap::new();
+        for change in &fresh {
+            by_tenant
+                .entry(change.tenant.as_str())
+                .or_default()
+                .push(&change.change);
+        }
+        let mut hot = HotWrites::default();
+        // Tenants in a fixed order, so two writers never wait on each other's tenant locks.
+        for (tenant, tenant_changes) in by_tenant {
+            self.store.lock_tenant(&txn, tenant).await?;
+            let settings = Settings::of(&self.store.tenant_state(&txn, tenant).await?)?;
+            let mut touched = BTreeSet::new();
+            let mut removed = BTreeSet::new();
+            for change in tenant_changes {
+                self.apply_one(&txn, tenant, &settings, change, &mut touched, &mut removed)
+                    .await?;
+            }
+            let touched: Vec<Uuid> = touched.difference(&removed).copied().collect();
+            for resource in self
+                .rescore(&txn, tenant, &touched, &HashMap::new(), None, now)
+                .await?
+            {
+                hot.set.push((tenant.to_owned(), resource));
+            }
+            hot.removed
+                .extend(removed.into_iter().map(|customer| (tenant.to_owned(), customer)));
+        }
+        self.store.set_feed_cursor(&txn, source, last).await?;
+        txn.commit().await?;
+        self.write_hot(hot).await;
+        Ok(fresh.len())
+    }
+
+    async fn apply_one(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        settings: &Settings,
+        change: &Change,
+        touched: &mut BTreeSet<Uuid>,
+        removed: &mut BTreeSet<Uuid>,
+    ) -> Result<(), SegmentationError> {
+        match change {
+            Change::Money {
+                origin,
+                day,
+                purchases,
+                currency,
+                net_minor,
+                margin_minor,
+            } => {
+                let owner = self.store.resolve(txn, tenant, *origin).await?;
+                if self.store.is_erased(txn, tenant, *origin).await?
+                    || self.store.is_erased(txn, tenant, owner).await?
+                {
+                    return Ok(());
+                }
+                let mut row = self
+                    .store
+                    .origin(txn, tenant, *origin)
+                    .await?
+                    .unwrap_or(StoredOrigin {
+                        origin_id: *origin,
+                        owner_id: owner,
+                        days: Aggregates::new().encode(),
+                        other_currency_events: 0,
+                    });
+                if currency == &settings.currency {
+                    let mut aggregates = Aggregates::decode(&row.days)?;
+                    aggregates.record(*day, *purchases, *net_minor, *margin_minor)?;
+                    row.days = aggregates.encode();
+                } else {
+                    row.other_currency_events = row.other_currency_events.saturating_add(1);
+                }
+                row.owner_id = owner;
+                self.store.save_origin(txn, tenant, &row).await?;
+                touched.insert(owner);
+            }
+            Change::Created { customer } => {
+                if !self.store.is_erased(txn, tenant, *customer).await?
+                    && self.store.resolve(txn, tenant, *customer).await? == *customer
+                    && self.store.scores(txn, tenant, *customer).await?.is_none()
+                {
+                    touched.insert(*customer);
+                }
+            }
+            Change::Merged { survivor, merged } => {
+                let root = self.store.resolve(txn, tenant, *survivor).await?;
+                for merged_id in merged.iter().filter(|id| *id != survivor && **id != root) {
+                    self.store
+                        .set_merge_parent(txn, tenant, *merged_id, *survivor)
+                        .await?;
+                    for origin in self.store.origins_of(txn, tenant, *merged_id).await? {
+                        self.store.set_owner(txn, tenant, origin.origin_id, root).await?;
+                    }
+                    self.store.delete_scores(txn, tenant, *merged_id).await?;
+                    touched.remove(merged_id);
+                    removed.insert(*merged_id);
+                }
+                if !self.store.is_erased(txn, tenant, root).await? {
+                    touched.insert(root);
+                }
+            }
+            Change::Unmerged { survivor, restored } => {
+                let root = self.store.resolve(txn, tenant, *survivor).await?;
+                for restored_id in restored {
+                    self.store.remove_merge_parent(txn, tenant, *restored_id).await?;
+                    removed.remove(restored_id);
+                }
+                // Every origin the survivor holds goes back to whichever customer it now
+                // resolves to: the restored ones take theirs (and what was merged into them).
+                let mut owners = BTreeSet::from([root]);
+                for origin in self.store.origins_of(txn, tenant, root).await? {
+                    let owner = self.store.resolve(txn, tenant, origin.origin_id).await?;
+                    if owner != root {
+                        self.store.set_owner(txn, tenant, origin.origin_id, owner).await?;
+                    }
+                    owners.insert(owner);
+                }
+                for restored_id in restored {
+                    owners.insert(self.store.resolve(txn, tenant, *restored_id).await?);
+                }
+                for owner in owners {
+                    if !self.store.is_erased(txn, tenant, owner).await? {
+                        touched.insert(owner);
+                    }
+                }
+            }
+            Change::Erased { customer } => {
+                self.store.mark_erased(txn, tenant, *customer).await?;
+                self.store.delete_origins_of(txn, tenant, *customer).await?;
+                self.store.delete_scores(txn, tenant, *customer).await?;
+                touched.remove(customer);
+                removed.insert(*customer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rescores `owners` from their current aggregates inside `txn` and stores the scores.
+    /// `exact` holds the batch scores of a run for owners whose window values are still
+    /// `exact_values`; the others are scored against the stored cut-offs.
+    async fn rescore(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        owners: &[Uuid],
+        exact: &HashMap<Uuid, (WindowValues, CustomerScores)>,
+        as_of: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<pb::CustomerScores>, SegmentationError> {
+        if owners.is_empty() {
+            return Ok(Vec::new());
+        }
+        let state = self.store.tenant_state(txn, tenant).await?;
+        let settings = Settings::of(&state)?;
+        let cutoffs = scoring::cutoffs_of(&state)?;
+        let as_of = as_of.unwrap_or(now);
+        let mut origins = self.store.origins_of_many(txn, tenant, owners).await?;
+        let previous = self.store.scores_many(txn, tenant, owners).await?;
+        let window_days = scoring::window_of(&settings, cutoffs.as_ref());
+        let mut resources = Vec::with_capacity(owners.len());
+        let mut rows = Vec::with_capacity(owners.len());
+        for owner in owners {
+            let (aggregates, other) = scoring::combine(&origins.remove(owner).unwrap_or_default())?;
+            let window = aggregates.window(scores::day_of(as_of), window_days);
+            let exact_scores = exact
+                .get(owner)
+                .filter(|(values, _)| Some(*values) == window)
+                .map(|(_, scores)| *scores);
+            let (resource, row) = scoring::score(ScoreInput {
+                customer: *owner,
+                aggregates: &aggregates,
+                other_currency_events: other,
+                as_of,
+                settings: &settings,
+                cutoffs: cutoffs.as_ref(),
+                exact: exact_scores,
+                previous: previous.get(owner),
+                now,
+            })?;
+            resources.push(resource);
+            rows.push(row);
+        }
+        self.store.save_scores(txn, tenant, &rows).await?;
+        Ok(resources)
+    }
+
+    async fn write_hot(&self, hot: HotWrites) {
+        for (tenant, resource) in hot.set {
+            let Some(customer) = resource
+                .customer
+                .strip_prefix("customers/")
+                .and_then(|id| Uuid::parse_str(id).ok())
+            else {
+                continue;
+            };
+            self.cache
+                .hash_set(
+                    &hot_key(&tenant, customer),
+                    &scoring::hot_fields(&resource),
+                    self.cache_ttl,
+                )
+                .await;
+        }
+        for (tenant, customer) in hot.removed {
+            self.cache
+                .hash_delete(&hot_key(&tenant, customer), &HOT_FIELD_NAMES)
+                .await;
+        }
+    }
+
+    // ---- reads ----
+
+    /// A customer's scores: the hot hash, else the store (through merges), repopulating the
+    /// hash.
+    pub async fn scores(
+        &self,
+        tenant: &str,
+        customer: Uuid,
+    ) -> Result<pb::CustomerScores, SegmentationError> {
+        if let Some(bytes) = self
+            .cache
+            .hash_get(&hot_key(tenant, customer), HOT_SCORES_FIELD)
+            .await
+            && let Ok(resource) = pb::CustomerScores::decode(bytes.as_slice())
+        {
+            return Ok(resource);
+        }
+        let owner = self.store.resolve(self.store.db(), tenant, customer).await?;
+        let row = self
+            .store
+            .scores(self.store.db(), tenant, owner)
+            .await?
+            .ok_or_else(|| SegmentationError::not_found(format!("customers/{customer}/scores")))?;
+        let resource = pb::CustomerScores::decode(row.body.as_slice()).map_err(SegmentationError::corrupt)?;
+        if owner == customer {
+            self.cache
+                .hash_set(
+                    &hot_key(tenant, customer),
+                    &scoring::hot_fields(&resource),
+                    self.cache_ttl,
+                )
+                .await;
+        }
+        Ok(resource)
+    }
+
+    // ---- score runs ----
+
+    /// Starts a score run for the tenant, or returns the one in progress.
+    pub async fn start_run(
+        self: &Arc<Self>,
+        tenant: &str,
+        as_of: DateTime<Utc>,
+        request: Option<RequestKey>,
+    ) -> Result<pb::ScoreRun, SegmentationError> {
+        if let Some(key) = &request
+            && let Some(stored) = self.store.replay(tenant, key.method, &key.request_id).await?
+        {
+            return replayed(stored, key);
+        }
+        let now = Utc::now();
+        let txn = self.store.begin_write().await?;
+        self.store.lock_tenant(&txn, tenant).await?;
+        if let Some(running) = self
+            .store
+            .run_in_state(&txn, tenant, pb::score_run::State::Running.into())
+            .await?
+        {
+            txn.rollback().await?;
+            return pb::ScoreRun::decode(running.body.as_slice()).map_err(SegmentationError::corrupt);
+        }
+        let id = Uuid::now_v7();
+        let run = pb::ScoreRun {
+            name: format!("scoreRuns/{id}"),
+            state: pb::score_run::State::Running.into(),
+            as_of_time: Some(scoring::timestamp(as_of)),
+            create_time: Some(scoring::timestamp(now)),
+            ..Default::default()
+        };
+        if let Some(key) = &request
+            && let Some(stored) = self
+                .store
+                .claim(&txn, tenant, &key.claim(run.encode_to_vec(), run.name.clone()))
+                .await?
+        {
+            txn.rollback().await?;
+            return replayed(stored, key);
+        }
+        self.store
+            .save_run(&txn, tenant, &stored_run(id, &run), now)
+            .await?;
+        txn.commit().await?;
+
+        let service = Arc::clone(self);
+        let tenant_owned = tenant.to_owned();
+        let started = run.clone();
+        tokio::spawn(async move {
+            let outcome = service.run(&tenant_owned, id, started.clone(), as_of).await;
+            if let Err(error) = outcome {
+                tracing::warn!(tenant = tenant_owned, %error, "score run failed");
+                let failed = pb::ScoreRun {
+                    state: pb::score_run::State::Failed.into(),
+                    end_time: Some(scoring::timestamp(Utc::now())),
+                    error: error.to_string(),
+                    ..started
+                };
+                if let Err(error) = service
+                    .store
+                    .save_run(service.store.db(), &tenant_owned, &stored_run(id, &failed), now)
+                    .await
+                {
+                    tracing::warn!(tenant = tenant_owned, %error, "recording a failed score run failed");
+                }
+            }
+        });
+        Ok(run)
+    }
+
+    /// The run itself: reads every owner's window values, computes the population's cut-offs
+    /// and exact scores, stores the cut-offs (events from then on score against them) and
+    /// rescores every owner batch by batch from its current aggregates.
+    async fn run(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        mut progress: pb::ScoreRun,
+        as_of: DateTime<Utc>,
+    ) -> Result<(), SegmentationError> {
+        let created = Utc::now();
+        let state = self.store.tenant_state(self.store.db(), tenant).await?;
+        let settings = Settings::of(&state)?;
+        let as_of_day = scores::day_of(as_of);
+
+        // Pass 1: every owner's window values, streaming (owner, origin) order.
+        let mut owners: Vec<Uuid> = Vec::new();
+        let mut population: Vec<(String, WindowValues)> = Vec::new();
+        let mut population_owner: Vec<Uuid> = Vec::new();
+        let mut after = None;
+        let mut current: Option<(Uuid, Aggregates)> = None;
+        loop {
+            let page = self.store.origin_page(tenant, after, RUN_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.owner_id, last.origin_id));
+            let full = page.len() as u64 == RUN_PAGE;
+            for origin in page {
+                let aggregates = Aggregates::decode(&origin.days)?;
+                match &mut current {
+                    Some((owner, total)) if *owner == origin.owner_id => total.merge_from(&aggregates)?,
+                    _ => {
+                        if let Some((owner, total)) = current.take() {
+                            collect(
+                                owner,
+                                &total,
+                                as_of_day,
+                                settings.window_days,
+                                &mut owners,
+                                &mut population,
+                                &mut population_owner,
+                            );
+                        }
+                        current = Some((origin.owner_id, aggregates));
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        if let Some((owner, total)) = current.take() {
+            collect(
+                owner,
+                &total,
+                as_of_day,
+                settings.window_days,
+                &mut owners,
+                &mut population,
+                &mut population_owner,
+            );
+        }
+
+        let (cutoffs, batch_scores) =
+            scores::score_population(as_of_day, settings.window_days, &population, settings.abc);
+        let exact: HashMap<Uuid, (WindowValues, CustomerScores)> = population_owner
+            .iter()
+            .zip(population.iter().zip(batch_scores))
+            .map(|(owner, ((_, values), scores))| (*owner, (*values, scores)))
+            .collect();
+        progress.customers_total = owners.len() as i64;
+        progress.population = population.len() as i64;
+
+        let txn = self.store.begin_write().await?;
+        self.store.lock_tenant(&txn, tenant).await?;
+        self.store
+            .save_cutoffs(&txn, tenant, cutoffs.encode(), Utc::now())
+            .await?;
+        self.store
+            .save_run(&txn, tenant, &stored_run(id, &progress), created)
+            .await?;
+        txn.commit().await?;
+
+        // Pass 2: rescore in batches, each its own transaction under the tenant lock.
+        for batch in owners.chunks(RUN_BATCH) {
+            let now = Utc::now();
+            let txn = self.store.begin_write().await?;
+            self.store.lock_tenant(&txn, tenant).await?;
+            let resources = self
+                .rescore(&txn, tenant, batch, &exact, Some(as_of), now)
+                .await?;
+            progress.customers_done = progress.customers_done.saturating_add(batch.len() as i64);
+            self.store
+                .save_run(&txn, tenant, &stored_run(id, &progress), created)
+                .await?;
+            txn.commit().await?;
+            self.write_hot(HotWrites {
+                set: resources
+                    .into_iter()
+                    .map(|resource| (tenant.to_owned(), resource))
+                    .collect(),
+                removed: Vec::new(),
+            })
+            .await;
+        }
+        progress.state = pb::score_run::State::Succeeded.into();
+        progress.end_time = Some(scoring::timestamp(Utc::now()));
+        self.store
+            .save_run(self.store.db(), tenant, &stored_run(id, &progress), created)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get_run(&self, tenant: &str, id: Uuid) -> Result<pb::ScoreRun, SegmentationError> {
+        let run = self
+            .store
+            .run(self.store.db(), tenant, id)
+            .await?
+            .ok_or_else(|| SegmentationError::not_found(format!("scoreRuns/{id}")))?;
+        pb::ScoreRun::decode(run.body.as_slice()).map_err(SegmentationError::corrupt)
+    }
+
+    /// Marks runs a stopped process left RUNNING as failed, so a new one can start. Called at
+    /// start, before this process runs any.
+    pub async fn fail_interrupted_runs(&self) -> Result<(), SegmentationError> {
+        for (tenant, run) in self
+            .store
+            .runs_in_state(pb::score_run::State::Running.into())
+            .await?
+        {
+            let mut body = pb::ScoreRun::decode(run.body.as_slice()).map_err(SegmentationError::corrupt)?;
+            body.state = pb::score_run::State::Failed.into();
+            body.error = "interrupted: the service stopped during the run".into();
+            body.end_time = Some(scoring::timestamp(Utc::now()));
+            let created = body
+                .create_time
+                .as_ref()
+                .and_then(|time| DateTime::from_timestamp(time.seconds, 0))
+                .unwrap_or_else(Utc::now);
+            self.store
+                .save_run(self.store.db(), &tenant, &stored_run(run.id, &body), created)
+                .await?;
+        }
+        Ok(())
+    }
+
+    // ---- reports ----
+
+    pub async fn rfm_distribution(&self, tenant: &str) -> Result<pb::RfmDistribution, SegmentationError> {
+        let state = self.store.tenant_state(self.store.db(), tenant).await?;
+        let cutoffs = scoring::cutoffs_of(&state)?;
+        let cells = self.store.rf_cells(tenant).await?;
+        let segments = self.store.count_by(tenant, ScoresColumn::Segment).await?;
+        let classes = self.store.count_by(tenant, ScoresColumn::ValueClass).await?;
+        let count = |counts: &BTreeMap<i32, i64>, key: i32| counts.get(&key).copied().unwrap_or(0);
+        Ok(pb::RfmDistribution {
+            population: cells.iter().map(|(_, _, count)| count).sum(),
+            cells: cells
+                .into_iter()
+                .map(|(r_score, f_score, count)| pb::RfmCell {
+                    r_score,
+                    f_score,
+                    count,
+                })
+                .collect(),
+            segments: (1..=10)
+                .filter_map(|value| pb::RfmSegment::try_from(value).ok())
+                .map(|segment| pb::SegmentCount {
+                    segment: segment.into(),
+                    count: count(&segments, segment.into()),
+                })
+                .collect(),
+            value_classes: (1..=8)
+                .filter_map(|value| pb::ValueClass::try_from(value).ok())
+                .map(|class| pb::ValueClassCount {
+                    value_class: class.into(),
+                    count: count(&classes, class.into()),
+                })
+                .collect(),
+            as_of_time: cutoffs.map(|(cutoffs, _)| day_time(cutoffs.as_of_day())),
+        })
+    }
+
+    pub async fn pareto_report(&self, tenant: &str) -> Result<pb::ParetoReport, SegmentationError> {
+        let state = self.store.tenant_state(self.store.db(), tenant).await?;
+        let settings = Settings::of(&state)?;
+        let cutoffs = scoring::cutoffs_of(&state)?;
+        let totals = self.store.abc_totals(tenant).await?;
+        let population: i64 = totals.iter().map(|(_, count, _)| count).sum();
+        let total_revenue: i64 = totals
+            .iter()
+            .map(|(_, _, revenue)| *revenue)
+            .fold(0, i64::saturating_add);
+        let top = self
+            .store
+            .top_monetary_sum(tenant, u64::try_from(population).unwrap_or(0).div_ceil(5))
+            .await?;
+        let share = |part: i64| {
+            if total_revenue > 0 {
+                part as f64 / total_revenue as f64
+            } else {
+                0.0
+            }
+        };
+        Ok(pb::ParetoReport {
+            total_revenue: Some(crm_proto::money::from_minor_units(
+                &settings.currency,
+                total_revenue,
+            )),
+            top_20_percent_share: share(top),
+            classes: [pb::AbcClass::A, pb::AbcClass::B, pb::AbcClass::C]
+                .into_iter()
+                .map(|class| {
+                    let (count, revenue) = totals
+                        .iter()
+                        .find(|(key, _, _)| *key == i32::from(class))
+                        .map_or((0, 0), |(_, count, revenue)| (*count, *revenue));
+                    pb::AbcShare {
+                        abc_class: class.into(),
+                        count,
+                        revenue: Some(crm_proto::money::from_minor_units(&settings.currency, revenue)),
+                        revenue_share: share(revenue),
+                    }
+                })
+                .collect(),
+            population,
+            as_of_time: cutoffs.map(|(cutoffs, _)| day_time(cutoffs.as_of_day())),
+        })
+    }
+
+    pub async fn lifecycle_report(&self, tenant: &str) -> Result<pb::LifecycleReport, SegmentationError> {
+        let stages = self.store.count_by(tenant, ScoresColumn::Stage).await?;
+        let ended = self.store.count_by(tenant, ScoresColumn::EndedPattern).await?;
+        let count = |counts: &BTreeMap<i32, i64>, key: i32| counts.get(&key).copied().unwrap_or(0);
+        Ok(pb::LifecycleReport {
+            stages: (1..=5)
+                .filter_map(|value| pb::LifecycleStage::try_from(value).ok())
+                .map(|stage| pb::StageCount {
+                    stage: stage.into(),
+                    count: count(&stages, stage.into()),
+                })
+                .collect(),
+            ended: (1..=4)
+                .filter_map(|value| pb::EndedPattern::try_from(value).ok())
+                .map(|pattern| pb::EndedPatternCount {
+                    pattern: pattern.into(),
+                    count: count(&ended, pattern.into()),
+                })
+                .collect(),
+        })
+    }
+
+    // ---- settings ----
+
+    pub async fn settings(&self, tenant: &str) -> Result<pb::ScoringSettings, SegmentationError> {
+        scoring::settings_resource(&self.store.tenant_state(self.store.db(), tenant).await?)
+    }
+
+    /// Applies `apply` to the current settings and stores the result if `etag` (when given)
+    /// is still current.
+    pub async fn update_settings(
+        &self,
+        tenant: &str,
+        etag: &str,
+        apply: impl FnOnce(&mut pb::ScoringSettings) -> Result<(), SegmentationError>,
+        request: Option<RequestKey>,
+    ) -> Result<pb::ScoringSettings, SegmentationError> {
+        if let Some(key) = &request
+            && let Some(stored) = self.store.replay(tenant, key.method, &key.request_id).await?
+        {
+            return replayed(stored, key);
+        }
+        let txn = self.store.begin_write().await?;
+        let state = self.store.tenant_state(&txn, tenant).await?;
+        let mut settings = scoring::settings_resource(&state)?;
+        if !etag.is_empty() && etag != settings.etag {
+            txn.rollback().await?;
+            return Err(SegmentationError::EtagMismatch {
+                resource_name: "scoringSettings".into(),
+            });
+        }
+        apply(&mut settings)?;
+        settings.update_time = Some(scoring::timestamp(Utc::now()));
+        settings.etag = String::new();
+        let stored = settings.encode_to_vec();
+        if !self
+            .store
+            .save_settings(&txn, tenant, stored, state.settings_revision)
+            .await?
+        {
+            txn.rollback().await?;
+            return Err(SegmentationError::EtagMismatch {
+                resource_name: "scoringSettings".into(),
+            });
+        }
+        settings.etag = format!("\"{}\"", state.settings_revision.saturating_add(1));
+        if let Some(key) = &request
+            && let Some(stored) = self
+                .store
+                .claim(&txn, tenant, &key.claim(settings.encode_to_vec(), String::new()))
+                .await?
+        {
+            txn.rollback().await?;
+            return replayed(stored, key);
+        }
+        txn.commit().await?;
+        Ok(settings)
+    }
+}
+
+fn collect(
+    owner: Uuid,
+    total: &Aggregates,
+    as_of_day: i64,
+    window_days: i64,
+    owners: &mut Vec<Uuid>,
+    population: &mut Vec<(String, WindowValues)>,
+    population_owner: &mut Vec<Uuid>,
+) {
+    owners.push(owner);
+    if let Some(values) = total.window(as_of_day, window_days) {
+        population.push((owner.to_string(), values));
+        population_owner.push(owner);
+    }
+}
+
+fn stored_run(id: Uuid, run: &pb::ScoreRun) -> StoredRun {
+    StoredRun {
+        id,
+        state: run.state,
+        body: run.encode_to_vec(),
+    }
+}
+
+fn day_time(day: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: day.saturating_mul(86_400),
+        nanos: 0,
+    }
+}
+
+/// The stored answer to a retried request, or INVALID_ARGUMENT when the id was used for
+/// another payload.
+fn replayed<M: Message + Default>(
+    stored: crm_db::idempotency::StoredResponse,
+    key: &RequestKey,
+) -> Result<M, SegmentationError> {
+    if stored.fingerprint != key.fingerprint {
+        return Err(SegmentationError::RequestIdReused {
+            request_id: key.request_id.clone(),
+        });
+    }
+    M::decode(stored.response.as_slice()).map_err(SegmentationError::corrupt)
+}
