@@ -36,6 +36,19 @@ pub trait Cache: Send + Sync + 'static {
     async fn hash_get_all(&self, key: &str) -> Vec<(String, Vec<u8>)>;
     /// Removes `fields` from the hash under `key`.
     async fn hash_delete(&self, key: &str, fields: &[&str]);
+    /// Sets `set` and removes `delete` in the hash under `key` only if its `version_field` is
+    /// absent or lower than `version`, then records `version` and the `ttl`; all at once. Writers
+    /// that commit in version order but write the cache after their commits can then never
+    /// leave an older state on top of a newer one. Returns whether it applied.
+    async fn hash_update_if_newer(
+        &self,
+        key: &str,
+        version_field: &str,
+        version: i64,
+        set: &[(&str, Vec<u8>)],
+        delete: &[&str],
+        ttl: Duration,
+    ) -> bool;
     fn backend(&self) -> CacheBackend;
 }
 
@@ -232,6 +245,48 @@ impl Cache for RedisCache {
         }
     }
 
+    async fn hash_update_if_newer(
+        &self,
+        key: &str,
+        version_field: &str,
+        version: i64,
+        set: &[(&str, Vec<u8>)],
+        delete: &[&str],
+        ttl: Duration,
+    ) -> bool {
+        let Some(mut manager) = self.manager() else {
+            return false;
+        };
+        let mut invocation = versioned_update_script().key(key);
+        invocation
+            .arg(version_field)
+            .arg(version)
+            .arg(ttl.as_secs().max(1))
+            .arg(set.len());
+        for (field, value) in set {
+            invocation.arg(*field).arg(value.as_slice());
+        }
+        for field in delete {
+            invocation.arg(*field);
+        }
+        match tokio::time::timeout(
+            self.operation_timeout,
+            invocation.invoke_async::<i64>(&mut manager),
+        )
+        .await
+        {
+            Ok(Ok(applied)) => applied == 1,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "redis cache versioned hash update failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("redis cache versioned hash update timed out");
+                false
+            }
+        }
+    }
+
     fn backend(&self) -> CacheBackend {
         CacheBackend::Redis
     }
@@ -242,6 +297,34 @@ impl Cache for RedisCache {
 enum LocalValue {
     Bytes(Arc<[u8]>),
     Hash(Arc<std::collections::BTreeMap<String, Arc<[u8]>>>),
+}
+
+/// The server-side half of [`Cache::hash_update_if_newer`]: compare, write and expire in one
+/// step. ARGV: version field, version, ttl seconds, number of pairs, the pairs, then the fields
+/// to delete.
+fn versioned_update_script() -> &'static redis::Script {
+    static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        redis::Script::new(
+            r"
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+local version = tonumber(ARGV[2])
+if current ~= nil and current >= version then return 0 end
+local pairs_count = tonumber(ARGV[4])
+local set = {ARGV[1], ARGV[2]}
+for i = 0, pairs_count - 1 do
+  set[#set + 1] = ARGV[5 + 2 * i]
+  set[#set + 1] = ARGV[6 + 2 * i]
+end
+redis.call('HSET', KEYS[1], unpack(set))
+for i = 5 + 2 * pairs_count, #ARGV do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
+",
+        )
+    })
 }
 
 #[derive(Clone)]
@@ -343,6 +426,48 @@ impl Cache for LocalCache {
         self.hash_of(key)?.get(field).map(|value| value.to_vec())
     }
 
+    async fn hash_update_if_newer(
+        &self,
+        key: &str,
+        version_field: &str,
+        version: i64,
+        set: &[(&str, Vec<u8>)],
+        delete: &[&str],
+        ttl: Duration,
+    ) -> bool {
+        use moka::ops::compute::Op;
+        let outcome = self.entries.entry(key.to_owned()).and_compute_with(|existing| {
+            let mut map = match existing.map(|entry| entry.into_value().value) {
+                Some(LocalValue::Hash(map)) => (*map).clone(),
+                _ => std::collections::BTreeMap::new(),
+            };
+            let current = map
+                .get(version_field)
+                .and_then(|value| std::str::from_utf8(value).ok()?.parse::<i64>().ok());
+            if current.is_some_and(|current| current >= version) {
+                return Op::Nop;
+            }
+            map.insert(
+                version_field.to_owned(),
+                Arc::from(version.to_string().as_bytes()),
+            );
+            for (field, value) in set {
+                map.insert((*field).to_owned(), Arc::from(value.as_slice()));
+            }
+            for field in delete {
+                map.remove(*field);
+            }
+            Op::Put(LocalEntry {
+                value: LocalValue::Hash(Arc::new(map)),
+                ttl,
+            })
+        });
+        matches!(
+            outcome,
+            moka::ops::compute::CompResult::Inserted(_) | moka::ops::compute::CompResult::ReplacedWith(_)
+        )
+    }
+
     async fn hash_get_all(&self, key: &str) -> Vec<(String, Vec<u8>)> {
         self.hash_of(key)
             .map(|fields| {
@@ -404,6 +529,28 @@ mod tests {
         let all = cache.hash_get_all(key).await;
         let names: Vec<&str> = all.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, ["rfm", "stage", "tier"]);
+        // Versioned updates never go back.
+        assert!(
+            cache
+                .hash_update_if_newer(key, "rev", 5, &[("stage", b"STABILITY".to_vec())], &[], ttl)
+                .await
+        );
+        assert!(
+            !cache
+                .hash_update_if_newer(key, "rev", 4, &[("stage", b"OLD".to_vec())], &[], ttl)
+                .await
+        );
+        assert_eq!(
+            cache.hash_get(key, "stage").await.as_deref(),
+            Some(&b"STABILITY"[..])
+        );
+        assert!(
+            cache
+                .hash_update_if_newer(key, "rev", 6, &[], &["stage"], ttl)
+                .await
+        );
+        assert_eq!(cache.hash_get(key, "stage").await, None);
+        assert_eq!(cache.hash_get(key, "rev").await.as_deref(), Some(&b"6"[..]));
         cache.hash_delete(key, &["rfm", "stage"]).await;
         assert_eq!(cache.hash_get(key, "rfm").await, None);
         assert_eq!(cache.hash_get(key, "tier").await.as_deref(), Some(&b"gold"[..]));

@@ -100,6 +100,8 @@ pub struct ScoreInput<'a> {
     pub exact: Option<CustomerScores>,
     /// The customer's scores before, for the stage history.
     pub previous: Option<&'a ScoresRow>,
+    /// The writing transaction's score revision.
+    pub revision: i64,
     pub now: DateTime<Utc>,
 }
 
@@ -186,12 +188,12 @@ pub fn score(input: ScoreInput<'_>) -> Result<(pb::CustomerScores, ScoresRow), S
         cutoffs_time: input.cutoffs.map(|(_, time)| timestamp(*time)),
         update_time: Some(timestamp(input.now)),
     };
-    let row = row_of(input.customer, &resource, input.now);
+    let row = row_of(input.customer, &resource, input.revision, input.now);
     Ok((resource, row))
 }
 
 /// The row storing `resource`.
-pub fn row_of(customer: Uuid, resource: &pb::CustomerScores, now: DateTime<Utc>) -> ScoresRow {
+pub fn row_of(customer: Uuid, resource: &pb::CustomerScores, revision: i64, now: DateTime<Utc>) -> ScoresRow {
     let rfm = resource.rfm.as_ref();
     ScoresRow {
         customer_id: customer,
@@ -206,6 +208,7 @@ pub fn row_of(customer: Uuid, resource: &pb::CustomerScores, now: DateTime<Utc>)
             .and_then(|rfm| rfm.monetary.as_ref())
             .and_then(crm_proto::money::to_minor_units)
             .unwrap_or(0),
+        revision,
         body: resource.encode_to_vec(),
         update_time: now,
     }
@@ -236,6 +239,9 @@ pub fn hot_fields(resource: &pb::CustomerScores) -> Vec<(&'static str, Vec<u8>)>
         (HOT_SCORES_FIELD, resource.encode_to_vec()),
     ]
 }
+
+/// The hash field holding the revision of what the hash holds (see `ScoresRow::revision`).
+pub const HOT_REVISION_FIELD: &str = "segmentation_revision";
 
 /// The hash field holding the whole encoded `CustomerScores`, which GetCustomerScores reads.
 pub const HOT_SCORES_FIELD: &str = "segmentation";

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::domain::scores::{self, Aggregates, CustomerScores, WindowValues};
 use crate::error::SegmentationError;
-use crate::scoring::{self, HOT_FIELD_NAMES, HOT_SCORES_FIELD, ScoreInput, Settings};
+use crate::scoring::{self, HOT_FIELD_NAMES, HOT_REVISION_FIELD, HOT_SCORES_FIELD, ScoreInput, Settings};
 use crate::store::{ScoresColumn, Store, StoredOrigin, StoredRun};
 
 /// Owners rescored per transaction in a score run.
@@ -58,11 +58,19 @@ pub struct FeedChange {
     pub change: Change,
 }
 
-/// The hot-score writes a commit leads to.
+/// The hot-score writes a commit leads to, each with the revision of the transaction.
 #[derive(Debug, Default)]
 pub struct HotWrites {
-    pub set: Vec<(String, pb::CustomerScores)>,
-    pub removed: Vec<(String, Uuid)>,
+    pub set: Vec<(String, pb::CustomerScores, i64)>,
+    pub removed: Vec<(String, Uuid, i64)>,
+}
+
+/// What a writing transaction stamps on the scores it writes.
+#[derive(Debug, Clone, Copy)]
+struct Stamp {
+    /// The tenant's score revision of the transaction.
+    revision: i64,
+    now: DateTime<Utc>,
 }
 
 pub struct Segmentation {
@@ -116,6 +124,7 @@ impl Segmentation {
         // Tenants in a fixed order, so two writers never wait on each other's tenant locks.
         for (tenant, tenant_changes) in by_tenant {
             self.store.lock_tenant(&txn, tenant).await?;
+            let revision = self.store.next_score_revision(&txn, tenant).await?;
             let settings = Settings::of(&self.store.tenant_state(&txn, tenant).await?)?;
             let mut touched = BTreeSet::new();
             let mut removed = BTreeSet::new();
@@ -125,13 +134,23 @@ impl Segmentation {
             }
             let touched: Vec<Uuid> = touched.difference(&removed).copied().collect();
             for resource in self
-                .rescore(&txn, tenant, &touched, &HashMap::new(), None, now)
+                .rescore(
+                    &txn,
+                    tenant,
+                    &touched,
+                    &HashMap::new(),
+                    None,
+                    Stamp { revision, now },
+                )
                 .await?
             {
-                hot.set.push((tenant.to_owned(), resource));
+                hot.set.push((tenant.to_owned(), resource, revision));
             }
-            hot.removed
-                .extend(removed.into_iter().map(|customer| (tenant.to_owned(), customer)));
+            hot.removed.extend(
+                removed
+                    .into_iter()
+                    .map(|customer| (tenant.to_owned(), customer, revision)),
+            );
         }
         self.store.set_feed_cursor(&txn, source, last).await?;
         txn.commit().await?;
@@ -255,7 +274,7 @@ impl Segmentation {
         owners: &[Uuid],
         exact: &HashMap<Uuid, (WindowValues, CustomerScores)>,
         as_of: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
+        Stamp { revision, now }: Stamp,
     ) -> Result<Vec<pb::CustomerScores>, SegmentationError> {
         if owners.is_empty() {
             return Ok(Vec::new());
@@ -285,6 +304,7 @@ impl Segmentation {
                 cutoffs: cutoffs.as_ref(),
                 exact: exact_scores,
                 previous: previous.get(owner),
+                revision,
                 now,
             })?;
             resources.push(resource);
@@ -294,8 +314,11 @@ impl Segmentation {
         Ok(resources)
     }
 
+    /// Writes committed scores to the hot hashes, each only over an older revision; a removed
+    /// customer's fields are dropped and its revision kept, so a late older write cannot bring
+    /// them back.
     async fn write_hot(&self, hot: HotWrites) {
-        for (tenant, resource) in hot.set {
+        for (tenant, resource, revision) in hot.set {
             let Some(customer) = resource
                 .customer
                 .strip_prefix("customers/")
@@ -304,16 +327,26 @@ impl Segmentation {
                 continue;
             };
             self.cache
-                .hash_set(
+                .hash_update_if_newer(
                     &hot_key(&tenant, customer),
+                    HOT_REVISION_FIELD,
+                    revision,
                     &scoring::hot_fields(&resource),
+                    &[],
                     self.cache_ttl,
                 )
                 .await;
         }
-        for (tenant, customer) in hot.removed {
+        for (tenant, customer, revision) in hot.removed {
             self.cache
-                .hash_delete(&hot_key(&tenant, customer), &HOT_FIELD_NAMES)
+                .hash_update_if_newer(
+                    &hot_key(&tenant, customer),
+                    HOT_REVISION_FIELD,
+                    revision,
+                    &[],
+                    &HOT_FIELD_NAMES,
+                    self.cache_ttl,
+                )
                 .await;
         }
     }
@@ -513,8 +546,9 @@ impl Segmentation {
             let now = Utc::now();
             let txn = self.store.begin_write().await?;
             self.store.lock_tenant(&txn, tenant).await?;
+            let revision = self.store.next_score_revision(&txn, tenant).await?;
             let resources = self
-                .rescore(&txn, tenant, batch, &exact, Some(as_of), now)
+                .rescore(&txn, tenant, batch, &exact, Some(as_of), Stamp { revision, now })
                 .await?;
             progress.customers_done = progress.customers_done.saturating_add(batch.len() as i64);
             self.store
@@ -524,7 +558,7 @@ impl Segmentation {
             self.write_hot(HotWrites {
                 set: resources
                     .into_iter()
-                    .map(|resource| (tenant.to_owned(), resource))
+                    .map(|resource| (tenant.to_owned(), resource, revision))
                     .collect(),
                 removed: Vec::new(),
             })

@@ -103,6 +103,7 @@ mod entities {
             pub value_class: i32,
             pub abc_class: i32,
             pub monetary_minor: i64,
+            pub revision: i64,
             pub body: Vec<u8>,
             pub update_time: ChronoDateTimeUtc,
         }
@@ -123,6 +124,7 @@ mod entities {
             pub tenant_id: String,
             pub settings: Vec<u8>,
             pub settings_revision: i64,
+            pub score_revision: i64,
             pub cutoffs: Option<Vec<u8>>,
             pub cutoffs_time: Option<ChronoDateTimeUtc>,
         }
@@ -203,6 +205,9 @@ pub struct ScoresRow {
     pub abc_class: i32,
     /// Net spend in the window (0 without RFM), for the Pareto report.
     pub monetary_minor: i64,
+    /// The tenant's score revision of the transaction that wrote it: increasing in commit
+    /// order, so the hot cache never takes an older write over a newer one.
+    pub revision: i64,
     /// The encoded `CustomerScores`.
     pub body: Vec<u8>,
     pub update_time: DateTime<Utc>,
@@ -220,6 +225,7 @@ impl From<scores::Model> for ScoresRow {
             value_class: model.value_class,
             abc_class: model.abc_class,
             monetary_minor: model.monetary_minor,
+            revision: model.revision,
             body: model.body,
             update_time: model.update_time,
         }
@@ -646,6 +652,7 @@ impl Store {
                 value_class: Set(row.value_class),
                 abc_class: Set(row.abc_class),
                 monetary_minor: Set(row.monetary_minor),
+                revision: Set(row.revision),
                 body: Set(row.body.clone()),
                 update_time: Set(row.update_time),
             }))
@@ -660,6 +667,7 @@ impl Store {
                         scores::Column::ValueClass,
                         scores::Column::AbcClass,
                         scores::Column::MonetaryMinor,
+                        scores::Column::Revision,
                         scores::Column::Body,
                         scores::Column::UpdateTime,
                     ])
@@ -818,6 +826,7 @@ impl Store {
             tenant_id: Set(tenant.to_owned()),
             settings: Set(settings.clone()),
             settings_revision: Set(1),
+            score_revision: Set(0),
             cutoffs: Set(None),
             cutoffs_time: Set(None),
         })
@@ -845,6 +854,43 @@ impl Store {
         Ok(updated == 1)
     }
 
+    /// The next score revision of the tenant. Call with the tenant's lock held: revisions
+    /// then increase in commit order.
+    pub async fn next_score_revision(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+    ) -> Result<i64, SegmentationError> {
+        tenant_state::Entity::insert(tenant_state::ActiveModel {
+            tenant_id: Set(tenant.to_owned()),
+            settings: Set(Vec::new()),
+            settings_revision: Set(0),
+            score_revision: Set(0),
+            cutoffs: Set(None),
+            cutoffs_time: Set(None),
+        })
+        .on_conflict(
+            OnConflict::column(tenant_state::Column::TenantId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
+        tenant_state::Entity::update_many()
+            .col_expr(
+                tenant_state::Column::ScoreRevision,
+                Expr::col(tenant_state::Column::ScoreRevision).add(1),
+            )
+            .filter(tenant_state::Column::TenantId.eq(tenant))
+            .exec(txn)
+            .await?;
+        tenant_state::Entity::find_by_id(tenant.to_owned())
+            .one(txn)
+            .await?
+            .map(|row| row.score_revision)
+            .ok_or_else(|| SegmentationError::corrupt("the tenant's state row vanished"))
+    }
+
     pub async fn save_cutoffs(
         &self,
         txn: &DatabaseTransaction,
@@ -856,6 +902,7 @@ impl Store {
             tenant_id: Set(tenant.to_owned()),
             settings: Set(Vec::new()),
             settings_revision: Set(0),
+            score_revision: Set(0),
             cutoffs: Set(Some(cutoffs)),
             cutoffs_time: Set(Some(time)),
         })

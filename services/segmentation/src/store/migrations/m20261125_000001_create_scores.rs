@@ -44,6 +44,7 @@ enum CustomerScores {
     ValueClass,
     AbcClass,
     MonetaryMinor,
+    Revision,
     Body,
     UpdateTime,
 }
@@ -54,6 +55,7 @@ enum TenantState {
     TenantId,
     Settings,
     SettingsRevision,
+    ScoreRevision,
     Cutoffs,
     CutoffsTime,
 }
@@ -175,6 +177,7 @@ impl MigrationTrait for Migration {
                             .big_integer()
                             .not_null(),
                     )
+                    .col(ColumnDef::new(CustomerScores::Revision).big_integer().not_null())
                     .col(ColumnDef::new(CustomerScores::Body).blob().not_null())
                     .col(
                         ColumnDef::new(CustomerScores::UpdateTime)
@@ -198,6 +201,11 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(TenantState::Settings).blob().not_null())
                     .col(
                         ColumnDef::new(TenantState::SettingsRevision)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(TenantState::ScoreRevision)
                             .big_integer()
                             .not_null(),
                     )
