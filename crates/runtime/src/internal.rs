@@ -108,6 +108,7 @@ pub fn feed_stream(
     };
     Ok(outbox
         .subscribe(None, after, event_types, poll_interval)
+        .take_until(crate::server::draining())
         .map(|stored| {
             let stored = stored.map_err(|error| Status::from(crm_db::api_error(error)))?;
             Ok(FeedEvent {

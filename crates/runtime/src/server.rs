@@ -208,6 +208,7 @@ pub async fn serve(
     prober.abort();
     set_all(&reporter, &health, ServingStatus::NotServing).await;
     let _ = stop_sender.send(true);
+    let _ = draining_signal().send_replace(true);
     tracing::info!(
         grace_secs = shutdown_grace.as_secs_f64(),
         "draining in-flight calls"
@@ -223,6 +224,22 @@ pub async fn serve(
             tracing::warn!("grace period over with calls or connections still open; stopping anyway");
             Ok(())
         }
+    }
+}
+
+/// Raised once when the process starts draining.
+fn draining_signal() -> &'static watch::Sender<bool> {
+    static SIGNAL: std::sync::OnceLock<watch::Sender<bool>> = std::sync::OnceLock::new();
+    SIGNAL.get_or_init(|| watch::Sender::new(false))
+}
+
+/// Completes when this process starts draining. Endless server streams (event subscriptions
+/// and feeds) end with it, so graceful shutdown does not wait out the grace period for them;
+/// their clients resume from their cursor elsewhere or after the restart.
+pub fn draining() -> impl Future<Output = ()> + Send + 'static {
+    let mut receiver = draining_signal().subscribe();
+    async move {
+        let _ = receiver.wait_for(|draining| *draining).await;
     }
 }
 

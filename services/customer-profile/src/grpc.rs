@@ -753,10 +753,11 @@ impl CustomerProfileService for CustomerProfileGrpc {
                 .ok_or_else(|| ProfileError::invalid("cursor", "is not a cursor of this stream"))?
         };
         let types = event_type_names(&message.types)?;
-        let events =
-            self.service
-                .outbox()
-                .subscribe(Some(tenant.as_str().to_owned()), after, types, SUBSCRIBE_POLL);
+        let events = self
+            .service
+            .outbox()
+            .subscribe(Some(tenant.as_str().to_owned()), after, types, SUBSCRIBE_POLL)
+            .take_until(crm_runtime::server::draining());
         let stream = events.map(|stored| {
             let stored = stored.map_err(|error| Status::from(crm_db::api_error(error)))?;
             let mut event = pb::CustomerEvent::decode(stored.payload.as_slice()).map_err(|error| {

@@ -919,10 +919,11 @@ impl InteractionService for InteractionGrpc {
                 Ok(kind) => types.push(kind.as_str_name().to_owned()),
             }
         }
-        let events =
-            self.service
-                .outbox()
-                .subscribe(Some(tenant.as_str().to_owned()), after, types, SUBSCRIBE_POLL);
+        let events = self
+            .service
+            .outbox()
+            .subscribe(Some(tenant.as_str().to_owned()), after, types, SUBSCRIBE_POLL)
+            .take_until(crm_runtime::server::draining());
         let stream = events.map(|stored| {
             let stored = stored.map_err(|error| Status::from(crm_db::api_error(error)))?;
             let mut event = pb::InteractionEvent::decode(stored.payload.as_slice()).map_err(|error| {
