@@ -7,10 +7,12 @@
 //! - [`suite`]: a fresh PostgreSQL database and a `crm serve` process per run;
 //! - [`workloads`]: setup and callers of each customer-profile workload;
 //! - [`purchases`]: the interaction workloads (ingest against `\copy`, unary purchases);
+//! - [`hot_scores`]: how soon a purchase shows in the hot-score hash under load;
 //! - [`report`]: the table.
 
 pub mod driver;
 pub mod echo;
+pub mod hot_scores;
 pub mod purchases;
 pub mod report;
 pub mod suite;

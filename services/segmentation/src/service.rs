@@ -128,10 +128,22 @@ impl Segmentation {
             let settings = Settings::of(&self.store.tenant_state(&txn, tenant).await?)?;
             let mut touched = BTreeSet::new();
             let mut removed = BTreeSet::new();
+            // Runs of purchases and refunds (nearly every event) are applied together, a few
+            // queries per run; merges, unmerges and erasures one by one, in order.
+            let mut pending_money: Vec<&Change> = Vec::new();
             for change in tenant_changes {
-                self.apply_one(&txn, tenant, &settings, change, &mut touched, &mut removed)
+                if matches!(change, Change::Money { .. }) {
+                    pending_money.push(change);
+                    continue;
+                }
+                self.apply_money(&txn, tenant, &settings, &pending_money, &mut touched)
+                    .await?;
+                pending_money.clear();
+                self.apply_one(&txn, tenant, change, &mut touched, &mut removed)
                     .await?;
             }
+            self.apply_money(&txn, tenant, &settings, &pending_money, &mut touched)
+                .await?;
             let touched: Vec<Uuid> = touched.difference(&removed).copied().collect();
             for resource in self
                 .rescore(
@@ -158,51 +170,97 @@ impl Segmentation {
         Ok(fresh.len())
     }
 
-    async fn apply_one(
+    /// Applies purchases and refunds to their origins' aggregates: the origins, their owners
+    /// and the erased among them read once, written back in one upsert.
+    async fn apply_money(
         &self,
         txn: &DatabaseTransaction,
         tenant: &str,
         settings: &Settings,
-        change: &Change,
+        changes: &[&Change],
         touched: &mut BTreeSet<Uuid>,
-        removed: &mut BTreeSet<Uuid>,
     ) -> Result<(), SegmentationError> {
-        match change {
-            Change::Money {
+        let origin_ids: BTreeSet<Uuid> = changes
+            .iter()
+            .filter_map(|change| match change {
+                Change::Money { origin, .. } => Some(*origin),
+                _ => None,
+            })
+            .collect();
+        if origin_ids.is_empty() {
+            return Ok(());
+        }
+        let owners = self.store.resolve_many(txn, tenant, &origin_ids).await?;
+        let mut checked: BTreeSet<Uuid> = origin_ids.clone();
+        checked.extend(owners.values().copied());
+        let erased = self.store.erased_among(txn, tenant, &checked).await?;
+        let mut stored = self.store.origins_by_id(txn, tenant, &origin_ids).await?;
+        let mut aggregates: HashMap<Uuid, Aggregates> = HashMap::new();
+        for change in changes {
+            let Change::Money {
                 origin,
                 day,
                 purchases,
                 currency,
                 net_minor,
                 margin_minor,
-            } => {
-                let owner = self.store.resolve(txn, tenant, *origin).await?;
-                if self.store.is_erased(txn, tenant, *origin).await?
-                    || self.store.is_erased(txn, tenant, owner).await?
-                {
-                    return Ok(());
-                }
-                let mut row = self
-                    .store
-                    .origin(txn, tenant, *origin)
-                    .await?
-                    .unwrap_or(StoredOrigin {
-                        origin_id: *origin,
-                        owner_id: owner,
-                        days: Aggregates::new().encode(),
-                        other_currency_events: 0,
-                    });
-                if currency == &settings.currency {
-                    let mut aggregates = Aggregates::decode(&row.days)?;
-                    aggregates.record(*day, *purchases, *net_minor, *margin_minor)?;
-                    row.days = aggregates.encode();
-                } else {
-                    row.other_currency_events = row.other_currency_events.saturating_add(1);
-                }
-                row.owner_id = owner;
-                self.store.save_origin(txn, tenant, &row).await?;
-                touched.insert(owner);
+            } = change
+            else {
+                continue;
+            };
+            let owner = owners.get(origin).copied().unwrap_or(*origin);
+            if erased.contains(origin) || erased.contains(&owner) {
+                continue;
             }
+            let row = stored.entry(*origin).or_insert_with(|| StoredOrigin {
+                origin_id: *origin,
+                owner_id: owner,
+                days: Vec::new(),
+                other_currency_events: 0,
+            });
+            row.owner_id = owner;
+            if currency == &settings.currency {
+                let days = match aggregates.entry(*origin) {
+                    std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(entry) => {
+                        entry.insert(if row.days.is_empty() {
+                            Aggregates::new()
+                        } else {
+                            Aggregates::decode(&row.days)?
+                        })
+                    }
+                };
+                days.record(*day, *purchases, *net_minor, *margin_minor)?;
+            } else {
+                row.other_currency_events = row.other_currency_events.saturating_add(1);
+            }
+            touched.insert(owner);
+        }
+        let mut rows: Vec<StoredOrigin> = Vec::with_capacity(stored.len());
+        for (origin, mut row) in stored {
+            if let Some(days) = aggregates.remove(&origin) {
+                row.days = days.encode();
+            } else if row.days.is_empty() {
+                row.days = Aggregates::new().encode();
+            }
+            if touched.contains(&row.owner_id) {
+                rows.push(row);
+            }
+        }
+        self.store.save_origins(txn, tenant, &rows).await
+    }
+
+    async fn apply_one(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        change: &Change,
+        touched: &mut BTreeSet<Uuid>,
+        removed: &mut BTreeSet<Uuid>,
+    ) -> Result<(), SegmentationError> {
+        match change {
+            // Applied in runs by `apply_money`.
+            Change::Money { .. } => {}
             Change::Created { customer } => {
                 if !self.store.is_erased(txn, tenant, *customer).await?
                     && self.store.resolve(txn, tenant, *customer).await? == *customer

@@ -13,7 +13,7 @@
 
 pub mod migrations;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use crm_db::idempotency::{self, IdempotencyClaim, StoredResponse};
@@ -383,6 +383,121 @@ impl Store {
         Err(SegmentationError::Corrupt(format!(
             "merge chain from {customer} is longer than {MAX_MERGE_DEPTH}"
         )))
+    }
+
+    /// What `customers` resolve to through the merges applied (themselves when never merged
+    /// away), with one query per link of the longest chain.
+    pub async fn resolve_many(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        customers: &BTreeSet<Uuid>,
+    ) -> Result<HashMap<Uuid, Uuid>, SegmentationError> {
+        let mut resolved: HashMap<Uuid, Uuid> = customers.iter().map(|id| (*id, *id)).collect();
+        for _ in 0..MAX_MERGE_DEPTH {
+            let current: BTreeSet<Uuid> = resolved.values().copied().collect();
+            let mut parents: HashMap<Uuid, Uuid> = HashMap::new();
+            for chunk in current.iter().copied().collect::<Vec<_>>().chunks(500) {
+                for row in merge_parent::Entity::find()
+                    .filter(merge_parent::Column::TenantId.eq(tenant))
+                    .filter(merge_parent::Column::ChildId.is_in(chunk.iter().copied()))
+                    .all(txn)
+                    .await?
+                {
+                    if row.parent_id != row.child_id {
+                        parents.insert(row.child_id, row.parent_id);
+                    }
+                }
+            }
+            if parents.is_empty() {
+                return Ok(resolved);
+            }
+            for target in resolved.values_mut() {
+                if let Some(parent) = parents.get(target) {
+                    *target = *parent;
+                }
+            }
+        }
+        Err(SegmentationError::Corrupt(format!(
+            "a merge chain is longer than {MAX_MERGE_DEPTH}"
+        )))
+    }
+
+    /// Which of `customers` were erased.
+    pub async fn erased_among(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        customers: &BTreeSet<Uuid>,
+    ) -> Result<BTreeSet<Uuid>, SegmentationError> {
+        let mut erased_ids = BTreeSet::new();
+        for chunk in customers.iter().copied().collect::<Vec<_>>().chunks(500) {
+            erased_ids.extend(
+                erased::Entity::find()
+                    .filter(erased::Column::TenantId.eq(tenant))
+                    .filter(erased::Column::CustomerId.is_in(chunk.iter().copied()))
+                    .all(txn)
+                    .await?
+                    .into_iter()
+                    .map(|row| row.customer_id),
+            );
+        }
+        Ok(erased_ids)
+    }
+
+    /// The stored origins among `origins`, by id.
+    pub async fn origins_by_id(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        origins: &BTreeSet<Uuid>,
+    ) -> Result<HashMap<Uuid, StoredOrigin>, SegmentationError> {
+        let mut found = HashMap::new();
+        for chunk in origins.iter().copied().collect::<Vec<_>>().chunks(500) {
+            found.extend(
+                origin::Entity::find()
+                    .filter(origin::Column::TenantId.eq(tenant))
+                    .filter(origin::Column::OriginId.is_in(chunk.iter().copied()))
+                    .all(txn)
+                    .await?
+                    .into_iter()
+                    .map(|row| (row.origin_id, stored_origin(row))),
+            );
+        }
+        Ok(found)
+    }
+
+    /// Writes origins, one multi-row upsert per 500.
+    pub async fn save_origins(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        rows: &[StoredOrigin],
+    ) -> Result<(), SegmentationError> {
+        for chunk in rows.chunks(500) {
+            if chunk.is_empty() {
+                continue;
+            }
+            origin::Entity::insert_many(chunk.iter().map(|row| origin::ActiveModel {
+                tenant_id: Set(tenant.to_owned()),
+                origin_id: Set(row.origin_id),
+                owner_id: Set(row.owner_id),
+                days: Set(row.days.clone()),
+                other_currency_events: Set(row.other_currency_events),
+            }))
+            .on_conflict(
+                OnConflict::columns([origin::Column::TenantId, origin::Column::OriginId])
+                    .update_columns([
+                        origin::Column::OwnerId,
+                        origin::Column::Days,
+                        origin::Column::OtherCurrencyEvents,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(txn)
+            .await?;
+        }
+        Ok(())
     }
 
     pub async fn set_merge_parent(
