@@ -13,7 +13,8 @@ use std::time::Duration;
 use crm_error::ApiError;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnAcquireErr, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, RuntimeErr,
+    ConnAcquireErr, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
+    DbErr, RuntimeErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
 pub use sea_orm;
@@ -194,6 +195,17 @@ pub fn is_unique_violation(error: &DbErr) -> bool {
         error.sql_err(),
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
     )
+}
+
+/// Begins a transaction that will write. On SQLite it takes the write lock at BEGIN
+/// (IMMEDIATE), queueing behind other writers under the busy timeout: a deferred transaction
+/// that read first would fail at once with SQLITE_BUSY when upgrading behind another writer.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..TransactionOptions::default()
+    })
+    .await
 }
 
 /// Maps a store failure to the API: UNAVAILABLE (retryable) when the database is out of

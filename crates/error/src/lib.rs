@@ -70,6 +70,20 @@ fn describe_violations(violations: &[FieldViolation]) -> String {
 }
 
 impl ApiError {
+    /// A call to another service of the suite failed: UNAVAILABLE (retryable) when the peer
+    /// could not answer in time or at all, INTERNAL otherwise.
+    pub fn from_peer(service: &str, status: &tonic::Status) -> Self {
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                Self::Unavailable {
+                    reason: "PEER_UNAVAILABLE",
+                    message: format!("{service} cannot be reached: {}", status.message()),
+                }
+            }
+            _ => Self::internal(format!("{service} failed: {status}")),
+        }
+    }
+
     /// A single bad field.
     pub fn invalid_field(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidArgument {

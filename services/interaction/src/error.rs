@@ -69,15 +69,7 @@ impl From<InteractionError> for ApiError {
                 "request_id",
                 format!("{request_id:?} was already used for a request with a different payload"),
             ),
-            InteractionError::Peer { service, status } => match status.code() {
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                    ApiError::Unavailable {
-                        reason: "PEER_UNAVAILABLE",
-                        message: format!("{service} cannot be reached: {}", status.message()),
-                    }
-                }
-                _ => ApiError::internal(format!("{service} failed: {status}")),
-            },
+            InteractionError::Peer { service, status } => ApiError::from_peer(service, &status),
             InteractionError::Store(db_error) => crm_db::api_error(db_error),
             InteractionError::Corrupt(message) => ApiError::internal(message),
         }

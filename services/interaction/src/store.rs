@@ -23,7 +23,7 @@ use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, QueryOrder, QuerySelect,
-    Set, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    Set, Statement,
 };
 use uuid::Uuid;
 
@@ -301,17 +301,6 @@ pub struct Store {
 /// (ASCII "merg"); the second is a hash of the tenant id.
 const MERGE_LOCK_CLASS: i32 = 0x6d65_7267;
 
-/// Begins a transaction that will write. On SQLite it takes the write lock at BEGIN
-/// (IMMEDIATE), queueing behind other writers under the busy timeout; a deferred transaction
-/// that read first would fail at once with SQLITE_BUSY when upgrading behind another writer.
-async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    db.begin_with_options(TransactionOptions {
-        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-        ..TransactionOptions::default()
-    })
-    .await
-}
-
 fn is_postgres(db: &impl ConnectionTrait) -> bool {
     db.get_database_backend() == DbBackend::Postgres
 }
@@ -474,7 +463,7 @@ impl Store {
         event_for: impl Fn(&NewRecord) -> Result<NewEvent, InteractionError>,
         response_for: impl FnOnce(&[NewRecord], &[RowOutcome]) -> (Vec<u8>, String),
     ) -> Result<Applied<Result<Written, RefundRefused>>, InteractionError> {
-        let txn = begin_write(&self.db).await?;
+        let txn = crm_db::begin_write(&self.db).await?;
         self.hold_tenant(&txn, tenant).await?;
         let customers: BTreeSet<Uuid> = rows.iter().map(|row| row.customer_id).collect();
         let survivors = Self::survivors_of(&txn, tenant, &customers).await?;
@@ -718,7 +707,7 @@ impl Store {
         event: NewEvent,
         claim: Option<IdempotencyClaim>,
     ) -> Result<Applied<bool>, InteractionError> {
-        let txn = begin_write(&self.db).await?;
+        let txn = crm_db::begin_write(&self.db).await?;
         self.hold_tenant(&txn, tenant).await?;
         if let Some(claim) = &claim
             && let Some(stored) = idempotency::claim(&txn, tenant.as_str(), claim).await?
@@ -871,7 +860,7 @@ impl Store {
         scrub_record: impl Fn(RecordKind, &[u8]) -> Result<Vec<u8>, InteractionError>,
         scrub_callback: impl Fn(&[u8]) -> Result<Vec<u8>, InteractionError>,
     ) -> Result<bool, InteractionError> {
-        let txn = begin_write(&self.db).await?;
+        let txn = crm_db::begin_write(&self.db).await?;
         // The merge lock first: this waits for in-flight writes of the tenant, and holds back
         // new ones until the change below is committed.
         Self::lock_tenant_exclusively(&txn, tenant).await?;

@@ -62,15 +62,7 @@ impl From<SegmentationError> for ApiError {
                 "request_id",
                 format!("{request_id:?} was already used for a request with a different payload"),
             ),
-            SegmentationError::Peer { service, status } => match status.code() {
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                    ApiError::Unavailable {
-                        reason: "PEER_UNAVAILABLE",
-                        message: format!("{service} cannot be reached: {}", status.message()),
-                    }
-                }
-                _ => ApiError::internal(format!("{service} failed: {status}")),
-            },
+            SegmentationError::Peer { service, status } => ApiError::from_peer(service, &status),
             SegmentationError::Store(db_error) => crm_db::api_error(db_error),
             SegmentationError::Corrupt(message) => ApiError::internal(message),
         }

@@ -277,7 +277,8 @@ pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-fn day_start(day: i64) -> prost_types::Timestamp {
+/// The start (00:00 UTC) of an epoch day.
+pub fn day_start(day: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: day.saturating_mul(86_400),
         nanos: 0,

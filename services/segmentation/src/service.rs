@@ -196,6 +196,8 @@ impl Segmentation {
         let erased = self.store.erased_among(txn, tenant, &checked).await?;
         let mut stored = self.store.origins_by_id(txn, tenant, &origin_ids).await?;
         let mut aggregates: HashMap<Uuid, Aggregates> = HashMap::new();
+        // The origins an event of this run applied to: only these are written back.
+        let mut changed: BTreeSet<Uuid> = BTreeSet::new();
         for change in changes {
             let Change::Money {
                 origin,
@@ -234,18 +236,20 @@ impl Segmentation {
             } else {
                 row.other_currency_events = row.other_currency_events.saturating_add(1);
             }
+            changed.insert(*origin);
             touched.insert(owner);
         }
-        let mut rows: Vec<StoredOrigin> = Vec::with_capacity(stored.len());
-        for (origin, mut row) in stored {
+        let mut rows: Vec<StoredOrigin> = Vec::with_capacity(changed.len());
+        for origin in changed {
+            let Some(mut row) = stored.remove(&origin) else {
+                continue;
+            };
             if let Some(days) = aggregates.remove(&origin) {
                 row.days = days.encode();
             } else if row.days.is_empty() {
                 row.days = Aggregates::new().encode();
             }
-            if touched.contains(&row.owner_id) {
-                rows.push(row);
-            }
+            rows.push(row);
         }
         self.store.save_origins(txn, tenant, &rows).await
     }
@@ -275,9 +279,7 @@ impl Segmentation {
                     self.store
                         .set_merge_parent(txn, tenant, *merged_id, *survivor)
                         .await?;
-                    for origin in self.store.origins_of(txn, tenant, *merged_id).await? {
-                        self.store.set_owner(txn, tenant, origin.origin_id, root).await?;
-                    }
+                    self.store.reassign_owner(txn, tenant, *merged_id, root).await?;
                     self.store.delete_scores(txn, tenant, *merged_id).await?;
                     touched.remove(merged_id);
                     removed.insert(*merged_id);
@@ -294,17 +296,23 @@ impl Segmentation {
                 }
                 // Every origin the survivor holds goes back to whichever customer it now
                 // resolves to: the restored ones take theirs (and what was merged into them).
-                let mut owners = BTreeSet::from([root]);
-                for origin in self.store.origins_of(txn, tenant, root).await? {
-                    let owner = self.store.resolve(txn, tenant, origin.origin_id).await?;
-                    if owner != root {
-                        self.store.set_owner(txn, tenant, origin.origin_id, owner).await?;
-                    }
-                    owners.insert(owner);
-                }
-                for restored_id in restored {
-                    owners.insert(self.store.resolve(txn, tenant, *restored_id).await?);
-                }
+                let mut held: BTreeSet<Uuid> = self
+                    .store
+                    .origins_of(txn, tenant, root)
+                    .await?
+                    .into_iter()
+                    .map(|origin| origin.origin_id)
+                    .collect();
+                held.extend(restored.iter().copied());
+                let resolved = self.store.resolve_many(txn, tenant, &held).await?;
+                let moved: HashMap<Uuid, Uuid> = resolved
+                    .iter()
+                    .filter(|(_, owner)| **owner != root)
+                    .map(|(origin, owner)| (*origin, *owner))
+                    .collect();
+                self.store.set_owners(txn, tenant, &moved).await?;
+                let owners: BTreeSet<Uuid> =
+                    std::iter::once(root).chain(resolved.values().copied()).collect();
                 for owner in owners {
                     if !self.store.is_erased(txn, tenant, owner).await? {
                         touched.insert(owner);
@@ -696,7 +704,7 @@ impl Segmentation {
                     count: count(&classes, class.into()),
                 })
                 .collect(),
-            as_of_time: cutoffs.map(|(cutoffs, _)| day_time(cutoffs.as_of_day())),
+            as_of_time: cutoffs.map(|(cutoffs, _)| scoring::day_start(cutoffs.as_of_day())),
         })
     }
 
@@ -743,7 +751,7 @@ impl Segmentation {
                 })
                 .collect(),
             population,
-            as_of_time: cutoffs.map(|(cutoffs, _)| day_time(cutoffs.as_of_day())),
+            as_of_time: cutoffs.map(|(cutoffs, _)| scoring::day_start(cutoffs.as_of_day())),
         })
     }
 
@@ -848,13 +856,6 @@ fn stored_run(id: Uuid, run: &pb::ScoreRun) -> StoredRun {
         id,
         state: run.state,
         body: run.encode_to_vec(),
-    }
-}
-
-fn day_time(day: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: day.saturating_mul(86_400),
-        nanos: 0,
     }
 }
 

@@ -21,7 +21,7 @@ use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, FromQueryResult, QueryOrder,
-    QuerySelect, Set, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    QuerySelect, Set, Statement,
 };
 use uuid::Uuid;
 
@@ -265,17 +265,6 @@ struct CellCount {
     count: i64,
 }
 
-/// Begins a transaction that will write. On SQLite it takes the write lock at BEGIN
-/// (IMMEDIATE): a deferred transaction that read first would fail at once with SQLITE_BUSY when
-/// upgrading behind another writer.
-async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    db.begin_with_options(TransactionOptions {
-        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-        ..TransactionOptions::default()
-    })
-    .await
-}
-
 fn is_postgres(db: &impl ConnectionTrait) -> bool {
     db.get_database_backend() == DbBackend::Postgres
 }
@@ -295,7 +284,7 @@ impl Store {
     }
 
     pub async fn begin_write(&self) -> Result<DatabaseTransaction, SegmentationError> {
-        Ok(begin_write(&self.db).await?)
+        Ok(crm_db::begin_write(&self.db).await?)
     }
 
     // ---- feeds ----
@@ -538,45 +527,6 @@ impl Store {
 
     // ---- aggregates ----
 
-    pub async fn origin(
-        &self,
-        txn: &DatabaseTransaction,
-        tenant: &str,
-        origin_id: Uuid,
-    ) -> Result<Option<StoredOrigin>, SegmentationError> {
-        Ok(origin::Entity::find_by_id((tenant.to_owned(), origin_id))
-            .one(txn)
-            .await?
-            .map(stored_origin))
-    }
-
-    pub async fn save_origin(
-        &self,
-        txn: &DatabaseTransaction,
-        tenant: &str,
-        row: &StoredOrigin,
-    ) -> Result<(), SegmentationError> {
-        origin::Entity::insert(origin::ActiveModel {
-            tenant_id: Set(tenant.to_owned()),
-            origin_id: Set(row.origin_id),
-            owner_id: Set(row.owner_id),
-            days: Set(row.days.clone()),
-            other_currency_events: Set(row.other_currency_events),
-        })
-        .on_conflict(
-            OnConflict::columns([origin::Column::TenantId, origin::Column::OriginId])
-                .update_columns([
-                    origin::Column::OwnerId,
-                    origin::Column::Days,
-                    origin::Column::OtherCurrencyEvents,
-                ])
-                .to_owned(),
-        )
-        .exec_without_returning(txn)
-        .await?;
-        Ok(())
-    }
-
     /// Every origin `owner` owns (itself and the customers merged into it).
     pub async fn origins_of<C: ConnectionTrait>(
         &self,
@@ -615,19 +565,38 @@ impl Store {
         Ok(by_owner)
     }
 
-    pub async fn set_owner(
+    /// Gives every origin `from` owns to `to` (a merge).
+    pub async fn reassign_owner(
         &self,
         txn: &DatabaseTransaction,
         tenant: &str,
-        origin_id: Uuid,
-        owner: Uuid,
+        from: Uuid,
+        to: Uuid,
     ) -> Result<(), SegmentationError> {
         origin::Entity::update_many()
-            .col_expr(origin::Column::OwnerId, Expr::value(owner))
+            .col_expr(origin::Column::OwnerId, Expr::value(to))
             .filter(origin::Column::TenantId.eq(tenant))
-            .filter(origin::Column::OriginId.eq(origin_id))
+            .filter(origin::Column::OwnerId.eq(from))
             .exec(txn)
             .await?;
+        Ok(())
+    }
+
+    /// Sets the owner of each origin in `owners` (origin -> owner).
+    pub async fn set_owners(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        owners: &HashMap<Uuid, Uuid>,
+    ) -> Result<(), SegmentationError> {
+        for (origin_id, owner) in owners {
+            origin::Entity::update_many()
+                .col_expr(origin::Column::OwnerId, Expr::value(*owner))
+                .filter(origin::Column::TenantId.eq(tenant))
+                .filter(origin::Column::OriginId.eq(*origin_id))
+                .exec(txn)
+                .await?;
+        }
         Ok(())
     }
 
