@@ -137,6 +137,9 @@ async fn connect_postgres(
     Database::connect(options).await.map_err(connect_error)
 }
 
+/// How long a statement may wait for the embedded database's single connection.
+const SQLITE_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn connect_sqlite(settings: &DbSettings, schema: &str) -> Result<DatabaseConnection, DbSetupError> {
     std::fs::create_dir_all(&settings.data_dir).map_err(|source| DbSetupError::DataDir {
         path: settings.data_dir.clone(),
@@ -148,7 +151,11 @@ async fn connect_sqlite(settings: &DbSettings, schema: &str) -> Result<DatabaseC
         .max_connections(1)
         .min_connections(1)
         .connect_timeout(settings.connect_timeout)
-        .acquire_timeout(settings.connect_timeout)
+        // The one connection is a queue, not a remote server that may be down: waiting for it
+        // is waiting for the statements ahead, as a writer waits for the lock. Under a bulk
+        // import plus segmentation's fetches a debug build on a loaded CI machine waited more
+        // than the 5 s connect timeout, and a whole 1,000-row import batch failed UNAVAILABLE.
+        .acquire_timeout(settings.connect_timeout.max(SQLITE_QUEUE_TIMEOUT))
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(|sqlite: SqliteConnectOptions| {
             sqlite

@@ -102,6 +102,15 @@ pub struct StoredEvent {
     pub create_time: DateTime<Utc>,
 }
 
+/// The position a subscriber's `cursor` stands for: empty is the start (0), otherwise the
+/// non-negative position of the last event it handled; None for anything else.
+pub fn parse_cursor(cursor: &str) -> Option<i64> {
+    if cursor.is_empty() {
+        return Some(0);
+    }
+    cursor.parse().ok().filter(|position: &i64| *position >= 0)
+}
+
 /// Appends `event` inside `txn`, the transaction that makes the change it announces: both
 /// commit or neither does. The event gets its position once committed, from the sequencer;
 /// call [`Outbox::notify_committed`] after the commit so that happens at once.
@@ -387,15 +396,30 @@ impl Subscription {
             // Mark the signal seen before reading: positions assigned after this point wake
             // the next wait even if this read already misses them.
             self.positioned.mark_unchanged();
-            match read_after(
-                &self.outbox.inner.db,
-                self.tenant_id.as_deref(),
-                self.cursor,
-                &self.event_types,
-                PAGE_SIZE,
-            )
-            .await
-            {
+            // The read runs in a task of its own. This stream is polled by whoever sends its
+            // items (hyper, for a feed served over gRPC), and a sender out of flow-control
+            // window stops polling. A read suspended inside its poll, between being handed the
+            // pool's connection and running, would keep that connection from everyone: on the
+            // embedded database the only one. That deadlocked a whole service until the acquire
+            // timeout whenever the feed's consumer itself waited on a call to the same service
+            // (segmentation fetching customers while following customer-profile's feed). A
+            // task runs to completion however this stream is polled.
+            let read = tokio::spawn({
+                let db = self.outbox.inner.db.clone();
+                let tenant_id = self.tenant_id.clone();
+                let event_types = self.event_types.clone();
+                let cursor = self.cursor;
+                async move { read_after(&db, tenant_id.as_deref(), cursor, &event_types, PAGE_SIZE).await }
+            });
+            let page = match read.await {
+                Ok(page) => page,
+                // The read task panicked or the runtime is shutting down: report it like a
+                // failed read, retried from the same cursor.
+                Err(join_error) => Err(DbErr::Custom(format!(
+                    "the feed read did not finish: {join_error}"
+                ))),
+            };
+            match page {
                 Ok(events) => {
                     self.wait_before_read = (events.len() as u64) < PAGE_SIZE;
                     self.page = events.into();
