@@ -107,15 +107,8 @@ pub fn feed_stream(
     event_types: Vec<String>,
     poll_interval: Duration,
 ) -> Result<impl Stream<Item = Result<FeedEvent, Status>> + Send + 'static, Status> {
-    let after: i64 = if cursor.is_empty() {
-        0
-    } else {
-        cursor
-            .parse()
-            .ok()
-            .filter(|position: &i64| *position >= 0)
-            .ok_or_else(|| Status::from(ApiError::invalid_field("cursor", "is not a cursor of this feed")))?
-    };
+    let after = crm_db::outbox::parse_cursor(cursor)
+        .ok_or_else(|| Status::from(ApiError::invalid_field("cursor", "is not a cursor of this feed")))?;
     Ok(outbox
         .subscribe(None, after, event_types, poll_interval)
         .take_until(crate::server::draining())

@@ -742,16 +742,8 @@ impl CustomerProfileService for CustomerProfileGrpc {
     ) -> Result<Response<Self::SubscribeCustomerEventsStream>, Status> {
         let tenant = TenantId::of(&request)?;
         let message = request.into_inner();
-        let after: i64 = if message.cursor.is_empty() {
-            0
-        } else {
-            message
-                .cursor
-                .parse()
-                .ok()
-                .filter(|position: &i64| *position >= 0)
-                .ok_or_else(|| ProfileError::invalid("cursor", "is not a cursor of this stream"))?
-        };
+        let after = crm_db::outbox::parse_cursor(&message.cursor)
+            .ok_or_else(|| ProfileError::invalid("cursor", "is not a cursor of this stream"))?;
         let types = event_type_names(&message.types)?;
         let events = self
             .service

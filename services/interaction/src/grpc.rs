@@ -896,16 +896,8 @@ impl InteractionService for InteractionGrpc {
     ) -> Result<Response<Self::SubscribeInteractionEventsStream>, Status> {
         let tenant = TenantId::of(&request)?;
         let message = request.into_inner();
-        let after: i64 = if message.cursor.is_empty() {
-            0
-        } else {
-            message
-                .cursor
-                .parse()
-                .ok()
-                .filter(|position: &i64| *position >= 0)
-                .ok_or_else(|| InteractionError::invalid("cursor", "is not a cursor of this stream"))?
-        };
+        let after = crm_db::outbox::parse_cursor(&message.cursor)
+            .ok_or_else(|| InteractionError::invalid("cursor", "is not a cursor of this stream"))?;
         let mut types = Vec::new();
         for (index, value) in message.types.iter().enumerate() {
             match pb::interaction_event::Type::try_from(*value) {
