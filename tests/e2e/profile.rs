@@ -1087,13 +1087,15 @@ async fn a_hundred_thousand_rows_import_in_one_stream(backend: Backend) {
         .unwrap()
         .into_inner();
     let took = started.elapsed();
+    let first_failure = imported.results.iter().find(|result| result.outcome != "CREATED");
     assert_eq!(
         (
             imported.created_count,
             imported.updated_count,
             imported.failed_count
         ),
-        (rows as i64, 0, 0)
+        (rows as i64, 0, 0),
+        "first row not created: {first_failure:?}"
     );
     assert_eq!(imported.results.len(), rows);
     assert!(

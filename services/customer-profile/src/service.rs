@@ -277,15 +277,28 @@ impl<S: CustomerStore> CustomerProfile<S> {
     }
 
     /// Drops the cached snapshots and lookups of everything a committed change touched.
+    ///
+    /// Lookup keys are still plain deletes: a lookup racing a change of ownership can cache
+    /// the previous owner until the TTL. The read checks the snapshot still holds the identity
+    /// and is active, which covers most of it but not a merge.
     async fn invalidate(&self, tenant: &TenantId, touched: &[&Customer], identities_before: &[Identity]) {
         for customer in touched {
+            // A tombstone at the committed revision rather than a delete: a reader that loaded
+            // the state before this commit writes its snapshot after this point at a lower
+            // version and is refused, instead of leaving the old state cached until the TTL.
+            let key = customer_key(CACHE_KIND, tenant.as_str(), &customer.id.to_string());
             self.cache
-                .delete(&customer_key(
-                    CACHE_KIND,
-                    tenant.as_str(),
-                    &customer.id.to_string(),
-                ))
+                .hash_update_if_newer(
+                    &key,
+                    SNAPSHOT_VERSION_FIELD,
+                    tombstone_version(customer.revision),
+                    &[],
+                    &[SNAPSHOT_FIELD],
+                    self.cache_ttl,
+                )
                 .await;
+            // And unconditionally, for a change that did not raise the revision.
+            self.cache.hash_delete(&key, &[SNAPSHOT_FIELD]).await;
             for identity in customer.identities() {
                 self.cache.delete(&lookup_key(tenant, &identity)).await;
             }
@@ -336,7 +349,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
     /// The record, from the cache or the store, in any state.
     async fn load_cached(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Customer>, ProfileError> {
         let key = customer_key(CACHE_KIND, tenant.as_str(), &id.to_string());
-        if let Some(bytes) = self.cache.get(&key).await {
+        if let Some(bytes) = self.cache.hash_get(&key, SNAPSHOT_FIELD).await {
             match decode_snapshot(&bytes) {
                 Ok(customer) => return Ok(Some(customer)),
                 Err(error) => tracing::warn!(%error, "unreadable cache entry, reading the store"),
@@ -346,7 +359,14 @@ impl<S: CustomerStore> CustomerProfile<S> {
             return Ok(None);
         };
         self.cache
-            .set(&key, &encode_snapshot(&customer), self.cache_ttl)
+            .hash_update_if_newer(
+                &key,
+                SNAPSHOT_VERSION_FIELD,
+                snapshot_version(customer.revision),
+                &[(SNAPSHOT_FIELD, encode_snapshot(&customer))],
+                &[],
+                self.cache_ttl,
+            )
             .await;
         Ok(Some(customer))
     }
@@ -1368,4 +1388,20 @@ pub fn score_pair(first: &Customer, second: &Customer) -> Duplicate {
         score: (score * 1000.0).round() / 1000.0,
         reasons,
     }
+}
+
+/// The cached snapshot of a customer, one field of its hash.
+const SNAPSHOT_FIELD: &str = "snapshot";
+/// The version of what the hash holds: [`snapshot_version`] or [`tombstone_version`].
+const SNAPSHOT_VERSION_FIELD: &str = "version";
+
+/// Invalidating revision `r` leaves version `2r`; a snapshot of revision `r` is version
+/// `2r + 1`. So a snapshot of the committed state can fill the hash after its tombstone, and
+/// a snapshot of any older state cannot.
+fn tombstone_version(revision: i64) -> i64 {
+    revision.saturating_mul(2)
+}
+
+fn snapshot_version(revision: i64) -> i64 {
+    revision.saturating_mul(2).saturating_add(1)
 }
