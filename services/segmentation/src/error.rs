@@ -23,6 +23,15 @@ pub enum SegmentationError {
     Store(#[from] DbErr),
     #[error("stored data cannot be read: {0}")]
     Corrupt(String),
+    /// The tenant's data cannot identify a customer-value model (no repeat buyers, ...).
+    #[error("no value model can be fitted: {0}")]
+    CannotFit(String),
+    /// A report needs the active value model and there is none.
+    #[error("no active value model: fit one with FitValueModels")]
+    NoActiveModel,
+    /// A rejected value model was asked to predict.
+    #[error("{name} was rejected ({reason}), so it does not predict")]
+    ModelRejected { name: String, reason: String },
 }
 
 impl SegmentationError {
@@ -65,6 +74,18 @@ impl From<SegmentationError> for ApiError {
             SegmentationError::Peer { service, status } => ApiError::from_peer(service, &status),
             SegmentationError::Store(db_error) => crm_db::api_error(db_error),
             SegmentationError::Corrupt(message) => ApiError::internal(message),
+            SegmentationError::CannotFit(why) => ApiError::FailedPrecondition {
+                reason: "VALUE_MODEL_NOT_IDENTIFIABLE",
+                message: format!("no value model can be fitted: {why}"),
+            },
+            SegmentationError::NoActiveModel => ApiError::FailedPrecondition {
+                reason: "NO_ACTIVE_VALUE_MODEL",
+                message: SegmentationError::NoActiveModel.to_string(),
+            },
+            rejected @ SegmentationError::ModelRejected { .. } => ApiError::FailedPrecondition {
+                reason: "VALUE_MODEL_REJECTED",
+                message: rejected.to_string(),
+            },
         }
     }
 }

@@ -2,16 +2,19 @@
 //! of the last score run, and the stage history carried over from the previous scores.
 
 use chrono::{DateTime, Utc};
+use crm_proto::customerprofile_v1 as profile;
 use crm_proto::money::from_minor_units;
 use crm_proto::segmentation_v1 as pb;
 use prost::Message;
 use uuid::Uuid;
 
+use crate::domain::feedback::FeedbackSums;
 use crate::domain::scores::{
     self, AbcClass, AbcThresholds, Aggregates, CustomerScores, Cutoffs, EndedPattern, LifecycleParams,
     LifecycleStage, RfmSegment, ValueClass, WindowValues,
 };
 use crate::error::SegmentationError;
+use crate::membership::{CustomerView, GradeRules};
 use crate::store::{ScoresRow, StoredOrigin, TenantStateRow};
 
 pub const DEFAULT_CURRENCY: &str = "USD";
@@ -26,6 +29,8 @@ pub struct Settings {
     pub window_days: i64,
     pub abc: AbcThresholds,
     pub lifecycle: LifecycleParams,
+    /// The value-grading rules, parsed.
+    pub grades: GradeRules,
 }
 
 /// The stored settings resource with every unset field at its default.
@@ -63,6 +68,9 @@ impl Settings {
                 ended_after_days: i64::from(resource.rfm_window_days),
                 ..LifecycleParams::default()
             },
+            // Checked when stored, so a failure here is stored data gone bad.
+            grades: GradeRules::of(&resource.value_grade_rules)
+                .map_err(|error| SegmentationError::corrupt(format!("stored grading rules: {error}")))?,
         })
     }
 }
@@ -86,6 +94,15 @@ pub fn combine(origins: &[StoredOrigin]) -> Result<(Aggregates, i64), Segmentati
     Ok((total, other_currency_events))
 }
 
+/// A customer's feedback: the sum of the origins it owns.
+pub fn combine_feedback(origins: &[StoredOrigin]) -> Result<FeedbackSums, SegmentationError> {
+    let mut total = FeedbackSums::default();
+    for origin in origins {
+        total.merge_from(&FeedbackSums::decode(&origin.feedback)?)?;
+    }
+    Ok(total)
+}
+
 /// What one customer is scored from.
 pub struct ScoreInput<'a> {
     pub customer: Uuid,
@@ -100,6 +117,10 @@ pub struct ScoreInput<'a> {
     pub exact: Option<CustomerScores>,
     /// The customer's scores before, for the stage history.
     pub previous: Option<&'a ScoresRow>,
+    /// The customer's profile facts, which grading rules may read.
+    pub facts: Option<&'a profile::Customer>,
+    /// The customer's value (margins, and the active value model's predictions).
+    pub value: pb::CustomerValue,
     /// The writing transaction's score revision.
     pub revision: i64,
     pub now: DateTime<Utc>,
@@ -165,7 +186,7 @@ pub fn score(input: ScoreInput<'_>) -> Result<(pb::CustomerScores, ScoresRow), S
             input.aggregates.lifetime_margin_minor(),
         )),
     };
-    let resource = pb::CustomerScores {
+    let mut resource = pb::CustomerScores {
         name: format!("customers/{}/scores", input.customer),
         customer: format!("customers/{}", input.customer),
         rfm,
@@ -187,7 +208,13 @@ pub fn score(input: ScoreInput<'_>) -> Result<(pb::CustomerScores, ScoresRow), S
         as_of_time: Some(timestamp(input.as_of)),
         cutoffs_time: input.cutoffs.map(|(_, time)| timestamp(*time)),
         update_time: Some(timestamp(input.now)),
+        value_grade: String::new(),
+        value: Some(input.value),
     };
+    resource.value_grade = input.settings.grades.grade(&CustomerView {
+        scores: &resource,
+        facts: input.facts,
+    });
     let row = row_of(input.customer, &resource, input.revision, input.now);
     Ok((resource, row))
 }
@@ -217,6 +244,7 @@ pub fn row_of(customer: Uuid, resource: &pb::CustomerScores, revision: i64, now:
 /// The fields of the hot-score hash (DESIGN section 6) this service owns.
 pub fn hot_fields(resource: &pb::CustomerScores) -> Vec<(&'static str, Vec<u8>)> {
     let rfm = resource.rfm.as_ref();
+    let value = resource.value.as_ref();
     let text = |value: &str| value.as_bytes().to_vec();
     vec![
         ("rfm", text(rfm.map_or("", |rfm| rfm.code.as_str()))),
@@ -224,6 +252,71 @@ pub fn hot_fields(resource: &pb::CustomerScores) -> Vec<(&'static str, Vec<u8>)>
         ("value_class", text(resource.value_class().as_str_name())),
         ("abc", text(resource.abc_class().as_str_name())),
         ("stage", text(resource.lifecycle_stage().as_str_name())),
+        ("grade", text(&resource.value_grade)),
+        (
+            "clv",
+            text(
+                &value
+                    .and_then(|value| value.potential_value.as_ref())
+                    .map_or_else(String::new, decimal_text),
+            ),
+        ),
+        (
+            "p_alive",
+            text(
+                &value
+                    .and_then(|value| value.probability_alive)
+                    .map_or_else(String::new, |p| format!("{p:.6}")),
+            ),
+        ),
+        (
+            "churn_risk",
+            text(
+                &value
+                    .and_then(|value| value.churn_risk)
+                    .map_or_else(String::new, |p| format!("{p:.6}")),
+            ),
+        ),
+        (
+            "share_of_wallet",
+            text(
+                &value
+                    .and_then(|value| value.share_of_wallet)
+                    .map_or_else(String::new, |share| format!("{share:.2}")),
+            ),
+        ),
+        (
+            "historical_value",
+            text(&money_field(
+                value.and_then(|value| value.historical_value.as_ref()),
+            )),
+        ),
+        (
+            "current_value",
+            text(&money_field(value.and_then(|value| value.current_value.as_ref()))),
+        ),
+        (
+            "referral_value",
+            text(&money_field(
+                value.and_then(|value| value.referral_value.as_ref()),
+            )),
+        ),
+        (
+            "expected_purchases",
+            text(
+                &value
+                    .and_then(|value| value.expected_purchases)
+                    .map_or_else(String::new, |expected| format!("{expected:.6}")),
+            ),
+        ),
+        (
+            "delivered_value",
+            text(
+                &value
+                    .and_then(|value| value.delivered_value)
+                    .map_or_else(String::new, |delivered| format!("{delivered:.2}")),
+            ),
+        ),
         (
             "updated_at",
             text(
@@ -247,12 +340,22 @@ pub const HOT_REVISION_FIELD: &str = "segmentation_revision";
 pub const HOT_SCORES_FIELD: &str = "segmentation";
 
 /// Every hash field this service writes (erasure removes them).
-pub const HOT_FIELD_NAMES: [&str; 7] = [
+pub const HOT_FIELD_NAMES: [&str; 17] = [
     "rfm",
     "segment",
     "value_class",
     "abc",
     "stage",
+    "grade",
+    "clv",
+    "p_alive",
+    "churn_risk",
+    "share_of_wallet",
+    "historical_value",
+    "current_value",
+    "referral_value",
+    "expected_purchases",
+    "delivered_value",
     "updated_at",
     HOT_SCORES_FIELD,
 ];
@@ -337,5 +440,29 @@ pub fn ended_to_proto(pattern: EndedPattern) -> pb::EndedPattern {
         EndedPattern::MidWay => pb::EndedPattern::MidWay,
         EndedPattern::EarlyExit => pb::EndedPattern::EarlyExit,
         EndedPattern::LongTerm => pb::EndedPattern::LongTerm,
+    }
+}
+
+/// A hot-hash money field: decimal text, empty when unset.
+fn money_field(money: Option<&crm_proto::google::r#type::Money>) -> String {
+    money.map_or_else(String::new, decimal_text)
+}
+
+/// Money as plain decimal text in its currency's minor-unit precision, e.g. `1234.50`.
+pub fn decimal_text(money: &crm_proto::google::r#type::Money) -> String {
+    let exponent = crm_proto::money::currency_exponent(&money.currency_code).unwrap_or(2);
+    match crm_proto::money::to_minor_units(money) {
+        Some(minor) if exponent > 0 => {
+            let scale = 10_i64.pow(exponent);
+            let sign = if minor < 0 { "-" } else { "" };
+            let width = usize::try_from(exponent).unwrap_or(2);
+            format!(
+                "{sign}{}.{:0width$}",
+                (minor / scale).unsigned_abs(),
+                (minor % scale).unsigned_abs()
+            )
+        }
+        Some(minor) => minor.to_string(),
+        None => String::new(),
     }
 }

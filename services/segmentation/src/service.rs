@@ -1,21 +1,29 @@
-//! The use cases: apply events to aggregates and rescore, score runs, reads and reports.
+//! The use cases: apply events to aggregates and rescore, score runs, reads and reports;
+//! dynamic segments in [`segments`].
+
+pub mod segments;
+pub mod value_models;
+pub mod value_reports;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use crm_cache::{Cache, customer_key};
+use crm_cache::{Cache, VersionedUpdate, customer_key};
 use crm_db::idempotency::RequestKey;
 use crm_proto::segmentation_v1 as pb;
 use prost::Message;
 use sea_orm::DatabaseTransaction;
 use uuid::Uuid;
 
+use crate::domain::feedback::FeedbackSums;
 use crate::domain::scores::{self, Aggregates, CustomerScores, WindowValues};
 use crate::error::SegmentationError;
 use crate::scoring::{self, HOT_FIELD_NAMES, HOT_REVISION_FIELD, HOT_SCORES_FIELD, ScoreInput, Settings};
 use crate::store::{ScoresColumn, Store, StoredOrigin, StoredRun};
+use crate::valuation;
+use crm_db::outbox::Outbox;
 
 /// Owners rescored per transaction in a score run.
 const RUN_BATCH: usize = 1000;
@@ -34,6 +42,13 @@ pub enum Change {
         net_minor: i64,
         margin_minor: i64,
     },
+    /// Feedback of `origin`: a CSAT answer and/or a delivered-value survey's (value, cost)
+    /// totals.
+    Feedback {
+        origin: Uuid,
+        csat: Option<i32>,
+        survey: Option<(i64, i64)>,
+    },
     Created {
         customer: Uuid,
     },
@@ -47,6 +62,13 @@ pub enum Change {
     },
     Erased {
         customer: Uuid,
+    },
+    /// Customer-profile's current facts of `customer` (encoded, see `membership::facts_of`;
+    /// a deleted customer's when customer-profile no longer shows it); None when it was merged
+    /// into another.
+    Facts {
+        customer: Uuid,
+        facts: Option<Vec<u8>>,
     },
 }
 
@@ -77,6 +99,8 @@ pub struct Segmentation {
     store: Store,
     cache: Arc<dyn Cache>,
     cache_ttl: Duration,
+    /// Segment entries and exits, written with the change they follow from.
+    outbox: Outbox,
 }
 
 fn hot_key(tenant: &str, customer: Uuid) -> String {
@@ -85,15 +109,21 @@ fn hot_key(tenant: &str, customer: Uuid) -> String {
 
 impl Segmentation {
     pub fn new(store: Store, cache: Arc<dyn Cache>, cache_ttl: Duration) -> Self {
+        let outbox = Outbox::new(store.db().clone());
         Self {
             store,
             cache,
             cache_ttl,
+            outbox,
         }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 
     // ---- events ----
@@ -144,6 +174,23 @@ impl Segmentation {
             }
             self.apply_money(&txn, tenant, &settings, &pending_money, &mut touched)
                 .await?;
+            // Referrers count their referred customers' spend: they are rescored with them.
+            let changed: Vec<Uuid> = touched.iter().copied().collect();
+            let referrers: BTreeSet<Uuid> = self
+                .store
+                .referrers_of(&txn, tenant, &changed)
+                .await?
+                .into_iter()
+                .collect();
+            touched.extend(
+                self.store
+                    .resolve_many(&txn, tenant, &referrers)
+                    .await?
+                    .into_values(),
+            );
+            // A referrer reached that way may be erased: an erased customer is never rescored
+            // (that would bring back their scores).
+            removed.extend(self.store.erased_among(&txn, tenant, &touched).await?);
             let touched: Vec<Uuid> = touched.difference(&removed).copied().collect();
             for resource in self
                 .rescore(
@@ -166,6 +213,7 @@ impl Segmentation {
         }
         self.store.set_feed_cursor(&txn, source, last).await?;
         txn.commit().await?;
+        self.outbox.notify_committed();
         self.write_hot(hot).await;
         Ok(fresh.len())
     }
@@ -219,6 +267,7 @@ impl Segmentation {
                 owner_id: owner,
                 days: Vec::new(),
                 other_currency_events: 0,
+                feedback: Vec::new(),
             });
             row.owner_id = owner;
             if currency == &settings.currency {
@@ -265,6 +314,31 @@ impl Segmentation {
         match change {
             // Applied in runs by `apply_money`.
             Change::Money { .. } => {}
+            Change::Feedback { origin, csat, survey } => {
+                let owner = self.store.resolve(txn, tenant, *origin).await?;
+                let checked: BTreeSet<Uuid> = [*origin, owner].into_iter().collect();
+                if !self.store.erased_among(txn, tenant, &checked).await?.is_empty() {
+                    return Ok(());
+                }
+                let mut row = self
+                    .store
+                    .origins_by_id(txn, tenant, &BTreeSet::from([*origin]))
+                    .await?
+                    .remove(origin)
+                    .unwrap_or_else(|| StoredOrigin {
+                        origin_id: *origin,
+                        owner_id: owner,
+                        days: Aggregates::new().encode(),
+                        other_currency_events: 0,
+                        feedback: Vec::new(),
+                    });
+                row.owner_id = owner;
+                let mut sums = FeedbackSums::decode(&row.feedback)?;
+                sums.record(*csat, *survey)?;
+                row.feedback = sums.encode();
+                self.store.save_origins(txn, tenant, &[row]).await?;
+                touched.insert(owner);
+            }
             Change::Created { customer } => {
                 if !self.store.is_erased(txn, tenant, *customer).await?
                     && self.store.resolve(txn, tenant, *customer).await? == *customer
@@ -281,6 +355,8 @@ impl Segmentation {
                         .await?;
                     self.store.reassign_owner(txn, tenant, *merged_id, root).await?;
                     self.store.delete_scores(txn, tenant, *merged_id).await?;
+                    self.store.delete_facts(txn, tenant, *merged_id).await?;
+                    self.leave_all_segments(txn, tenant, *merged_id).await?;
                     touched.remove(merged_id);
                     removed.insert(*merged_id);
                 }
@@ -323,8 +399,41 @@ impl Segmentation {
                 self.store.mark_erased(txn, tenant, *customer).await?;
                 self.store.delete_origins_of(txn, tenant, *customer).await?;
                 self.store.delete_scores(txn, tenant, *customer).await?;
+                self.store.delete_facts(txn, tenant, *customer).await?;
+                self.leave_all_segments(txn, tenant, *customer).await?;
+                // Their spend leaves their referrer's referral value.
+                if let Some(referrer) = self.store.set_referrer(txn, tenant, *customer, None).await? {
+                    touched.insert(self.store.resolve(txn, tenant, referrer).await?);
+                }
                 touched.remove(customer);
                 removed.insert(*customer);
+            }
+            Change::Facts { customer, facts } => {
+                // Facts of an erased or merged-away customer are of no use: the survivor's
+                // own facts arrive with the merge.
+                if self.store.is_erased(txn, tenant, *customer).await?
+                    || self.store.resolve(txn, tenant, *customer).await? != *customer
+                {
+                    return Ok(());
+                }
+                let referrer = match facts {
+                    Some(body) => {
+                        self.store
+                            .save_facts(txn, tenant, *customer, body.clone())
+                            .await?;
+                        referrer_of(body)?
+                    }
+                    None => {
+                        self.store.delete_facts(txn, tenant, *customer).await?;
+                        None
+                    }
+                };
+                let before = self.store.set_referrer(txn, tenant, *customer, referrer).await?;
+                // A referrer's value counts this customer: a new or former one is rescored.
+                for referrer in [before, referrer].into_iter().flatten() {
+                    touched.insert(self.store.resolve(txn, tenant, referrer).await?);
+                }
+                touched.insert(*customer);
             }
         }
         Ok(())
@@ -351,12 +460,45 @@ impl Segmentation {
         let as_of = as_of.unwrap_or(now);
         let mut origins = self.store.origins_of_many(txn, tenant, owners).await?;
         let previous = self.store.scores_many(txn, tenant, owners).await?;
+        let facts = self.decoded_facts(txn, tenant, owners).await?;
         let window_days = scoring::window_of(&settings, cutoffs.as_ref());
+        let as_of_day = scores::day_of(as_of);
+        let mut feedback = Vec::with_capacity(owners.len());
+        let mut combined = Vec::with_capacity(owners.len());
+        for owner in owners {
+            let owned = origins.remove(owner).unwrap_or_default();
+            feedback.push(scoring::combine_feedback(&owned)?);
+            combined.push(scoring::combine(&owned)?);
+        }
+        let referral_minor = self.referral_values(txn, tenant, owners).await?;
+        let value_model = self.active_value_model(txn, tenant, &settings.currency).await?;
+        let predicted = match &value_model {
+            Some(model) => {
+                let summaries = combined
+                    .iter()
+                    .map(|(aggregates, _)| valuation::summary_of(aggregates, as_of_day, &settings.currency))
+                    .collect::<Result<Vec<_>, _>>()?;
+                model.predict(&summaries)?
+            }
+            None => vec![None; owners.len()],
+        };
         let mut resources = Vec::with_capacity(owners.len());
         let mut rows = Vec::with_capacity(owners.len());
-        for owner in owners {
-            let (aggregates, other) = scoring::combine(&origins.remove(owner).unwrap_or_default())?;
-            let window = aggregates.window(scores::day_of(as_of), window_days);
+        for (((owner, (aggregates, other)), predicted), feedback) in
+            owners.iter().zip(combined).zip(predicted).zip(feedback)
+        {
+            let value = valuation::customer_value(
+                valuation::ValueInput {
+                    aggregates: &aggregates,
+                    feedback: &feedback,
+                    as_of_day,
+                    settings: &settings,
+                    facts: facts.get(owner),
+                    referral_minor: referral_minor.get(owner).copied().unwrap_or(0),
+                },
+                value_model.as_ref().zip(predicted),
+            );
+            let window = aggregates.window(as_of_day, window_days);
             let exact_scores = exact
                 .get(owner)
                 .filter(|(values, _)| Some(*values) == window)
@@ -370,6 +512,8 @@ impl Segmentation {
                 cutoffs: cutoffs.as_ref(),
                 exact: exact_scores,
                 previous: previous.get(owner),
+                facts: facts.get(owner),
+                value,
                 revision,
                 now,
             })?;
@@ -377,13 +521,59 @@ impl Segmentation {
             rows.push(row);
         }
         self.store.save_scores(txn, tenant, &rows).await?;
+        let scored: Vec<(Uuid, &pb::CustomerScores)> = owners.iter().copied().zip(resources.iter()).collect();
+        self.update_memberships(txn, tenant, &scored, &facts, now).await?;
         Ok(resources)
+    }
+
+    /// Each owner's referral value: the lifetime net spend (scoring currency, minor units) of
+    /// the customers they referred, each counted through its current owner (merged-away
+    /// referred customers count with their survivor; self-referrals after a merge do not).
+    async fn referral_values(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        owners: &[Uuid],
+    ) -> Result<HashMap<Uuid, i64>, SegmentationError> {
+        let referred = self.store.referred_by(txn, tenant, owners).await?;
+        if referred.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let customers: BTreeSet<Uuid> = referred.values().flatten().copied().collect();
+        let owner_of = self.store.resolve_many(txn, tenant, &customers).await?;
+        let referred_owners: Vec<Uuid> = owner_of
+            .values()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let origins = self.store.origins_of_many(txn, tenant, &referred_owners).await?;
+        let mut spend: HashMap<Uuid, i64> = HashMap::new();
+        for (owner, owned) in &origins {
+            spend.insert(*owner, scoring::combine(owned)?.0.lifetime_net_minor());
+        }
+        Ok(referred
+            .into_iter()
+            .map(|(referrer, customers)| {
+                let counted: BTreeSet<Uuid> = customers
+                    .iter()
+                    .filter_map(|customer| owner_of.get(customer).copied())
+                    .filter(|owner| *owner != referrer)
+                    .collect();
+                let total = counted.iter().fold(0_i64, |sum, owner| {
+                    sum.saturating_add(spend.get(owner).copied().unwrap_or(0))
+                });
+                (referrer, total)
+            })
+            .collect())
     }
 
     /// Writes committed scores to the hot hashes, each only over an older revision; a removed
     /// customer's fields are dropped and its revision kept, so a late older write cannot bring
-    /// them back.
+    /// them back. Pipelined, up to 1000 hashes per round trip.
     async fn write_hot(&self, hot: HotWrites) {
+        let mut updates: Vec<VersionedUpdate<'static>> =
+            Vec::with_capacity(hot.set.len() + hot.removed.len());
         for (tenant, resource, revision) in hot.set {
             let Some(customer) = resource
                 .customer
@@ -392,27 +582,24 @@ impl Segmentation {
             else {
                 continue;
             };
-            self.cache
-                .hash_update_if_newer(
-                    &hot_key(&tenant, customer),
-                    HOT_REVISION_FIELD,
-                    revision,
-                    &scoring::hot_fields(&resource),
-                    &[],
-                    self.cache_ttl,
-                )
-                .await;
+            updates.push(VersionedUpdate {
+                key: hot_key(&tenant, customer),
+                version: revision,
+                set: scoring::hot_fields(&resource),
+                delete: &[],
+            });
         }
         for (tenant, customer, revision) in hot.removed {
+            updates.push(VersionedUpdate {
+                key: hot_key(&tenant, customer),
+                version: revision,
+                set: Vec::new(),
+                delete: &HOT_FIELD_NAMES,
+            });
+        }
+        for chunk in updates.chunks(1000) {
             self.cache
-                .hash_update_if_newer(
-                    &hot_key(&tenant, customer),
-                    HOT_REVISION_FIELD,
-                    revision,
-                    &[],
-                    &HOT_FIELD_NAMES,
-                    self.cache_ttl,
-                )
+                .hash_update_many_if_newer(HOT_REVISION_FIELD, chunk, self.cache_ttl)
                 .await;
         }
     }
@@ -467,24 +654,14 @@ impl Segmentation {
         {
             return replayed(stored, key);
         }
-        let now = Utc::now();
         let txn = self.store.begin_write().await?;
         self.store.lock_tenant(&txn, tenant).await?;
-        if let Some(running) = self
-            .store
-            .run_in_state(&txn, tenant, pb::score_run::State::Running.into())
-            .await?
-        {
-            txn.rollback().await?;
-            return pb::ScoreRun::decode(running.body.as_slice()).map_err(SegmentationError::corrupt);
-        }
-        let id = Uuid::now_v7();
-        let run = pb::ScoreRun {
-            name: format!("scoreRuns/{id}"),
-            state: pb::score_run::State::Running.into(),
-            as_of_time: Some(scoring::timestamp(as_of)),
-            create_time: Some(scoring::timestamp(now)),
-            ..Default::default()
+        let run = match self.create_run(&txn, tenant, as_of).await? {
+            Err(running) => {
+                txn.rollback().await?;
+                return Ok(running);
+            }
+            Ok(run) => run,
         };
         if let Some(key) = &request
             && let Some(stored) = self
@@ -495,11 +672,60 @@ impl Segmentation {
             txn.rollback().await?;
             return replayed(stored, key);
         }
-        self.store
-            .save_run(&txn, tenant, &stored_run(id, &run), now)
-            .await?;
         txn.commit().await?;
+        self.spawn_run(tenant, &run, as_of)?;
+        Ok(run)
+    }
 
+    /// Records a new RUNNING run in `txn`, which holds the tenant lock; `Err` with the run in
+    /// progress instead when there is one. Start it with [`Self::spawn_run`] after commit.
+    pub(crate) async fn create_run(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        as_of: DateTime<Utc>,
+    ) -> Result<Result<pb::ScoreRun, pb::ScoreRun>, SegmentationError> {
+        if let Some(running) = self
+            .store
+            .run_in_state(txn, tenant, pb::score_run::State::Running.into())
+            .await?
+        {
+            return Ok(Err(
+                pb::ScoreRun::decode(running.body.as_slice()).map_err(SegmentationError::corrupt)?
+            ));
+        }
+        let now = Utc::now();
+        let id = Uuid::now_v7();
+        let run = pb::ScoreRun {
+            name: format!("scoreRuns/{id}"),
+            state: pb::score_run::State::Running.into(),
+            as_of_time: Some(scoring::timestamp(as_of)),
+            create_time: Some(scoring::timestamp(now)),
+            ..Default::default()
+        };
+        self.store
+            .save_run(txn, tenant, &stored_run(id, &run), now)
+            .await?;
+        Ok(Ok(run))
+    }
+
+    /// Runs a committed new run in the background.
+    pub(crate) fn spawn_run(
+        self: &Arc<Self>,
+        tenant: &str,
+        run: &pb::ScoreRun,
+        as_of: DateTime<Utc>,
+    ) -> Result<(), SegmentationError> {
+        let id = run
+            .name
+            .strip_prefix("scoreRuns/")
+            .and_then(|id| Uuid::parse_str(id).ok())
+            .ok_or_else(|| SegmentationError::corrupt(format!("run name {}", run.name)))?;
+        let now = run
+            .create_time
+            .as_ref()
+            .and_then(|time| DateTime::from_timestamp(time.seconds, u32::try_from(time.nanos).unwrap_or(0)))
+            .unwrap_or_else(Utc::now);
         let service = Arc::clone(self);
         let tenant_owned = tenant.to_owned();
         let started = run.clone();
@@ -522,7 +748,7 @@ impl Segmentation {
                 }
             }
         });
-        Ok(run)
+        Ok(())
     }
 
     /// The run itself: reads every owner's window values, computes the population's cut-offs
@@ -544,38 +770,7 @@ impl Segmentation {
         let mut owners: Vec<Uuid> = Vec::new();
         let mut population: Vec<(String, WindowValues)> = Vec::new();
         let mut population_owner: Vec<Uuid> = Vec::new();
-        let mut after = None;
-        let mut current: Option<(Uuid, Aggregates)> = None;
-        loop {
-            let page = self.store.origin_page(tenant, after, RUN_PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = Some((last.owner_id, last.origin_id));
-            let full = page.len() as u64 == RUN_PAGE;
-            for origin in page {
-                let aggregates = Aggregates::decode(&origin.days)?;
-                match &mut current {
-                    Some((owner, total)) if *owner == origin.owner_id => total.merge_from(&aggregates)?,
-                    _ => {
-                        if let Some((owner, total)) = current.take() {
-                            collect(
-                                owner,
-                                &total,
-                                as_of_day,
-                                settings.window_days,
-                                &mut owners,
-                                &mut population,
-                                &mut population_owner,
-                            );
-                        }
-                        current = Some((origin.owner_id, aggregates));
-                    }
-                }
-            }
-            if !full {
-                break;
-            }
-        }
-        if let Some((owner, total)) = current.take() {
+        self.scan_owners(tenant, |owner, total| {
             collect(
                 owner,
                 &total,
@@ -585,7 +780,9 @@ impl Segmentation {
                 &mut population,
                 &mut population_owner,
             );
-        }
+            Ok(())
+        })
+        .await?;
 
         let (cutoffs, batch_scores) =
             scores::score_population(as_of_day, settings.window_days, &population, settings.abc);
@@ -621,6 +818,7 @@ impl Segmentation {
                 .save_run(&txn, tenant, &stored_run(id, &progress), created)
                 .await?;
             txn.commit().await?;
+            self.outbox.notify_committed();
             self.write_hot(HotWrites {
                 set: resources
                     .into_iter()
@@ -635,6 +833,42 @@ impl Segmentation {
         self.store
             .save_run(self.store.db(), tenant, &stored_run(id, &progress), created)
             .await?;
+        Ok(())
+    }
+
+    /// Visits every owner of the tenant with its combined aggregates, streaming the origins in
+    /// (owner, origin) order a page at a time, so memory holds one page and one owner.
+    pub(crate) async fn scan_owners(
+        &self,
+        tenant: &str,
+        mut visit: impl FnMut(Uuid, Aggregates) -> Result<(), SegmentationError>,
+    ) -> Result<(), SegmentationError> {
+        let mut after = None;
+        let mut current: Option<(Uuid, Aggregates)> = None;
+        loop {
+            let page = self.store.origin_page(tenant, after, RUN_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.owner_id, last.origin_id));
+            let full = page.len() as u64 == RUN_PAGE;
+            for origin in page {
+                let aggregates = Aggregates::decode(&origin.days)?;
+                match &mut current {
+                    Some((owner, total)) if *owner == origin.owner_id => total.merge_from(&aggregates)?,
+                    _ => {
+                        if let Some((owner, total)) = current.take() {
+                            visit(owner, total)?;
+                        }
+                        current = Some((origin.owner_id, aggregates));
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        if let Some((owner, total)) = current.take() {
+            visit(owner, total)?;
+        }
         Ok(())
     }
 
@@ -835,7 +1069,7 @@ impl Segmentation {
     }
 }
 
-fn collect(
+pub(crate) fn collect(
     owner: Uuid,
     total: &Aggregates,
     as_of_day: i64,
@@ -861,7 +1095,7 @@ fn stored_run(id: Uuid, run: &pb::ScoreRun) -> StoredRun {
 
 /// The stored answer to a retried request, or INVALID_ARGUMENT when the id was used for
 /// another payload.
-fn replayed<M: Message + Default>(
+pub(crate) fn replayed<M: Message + Default>(
     stored: crm_db::idempotency::StoredResponse,
     key: &RequestKey,
 ) -> Result<M, SegmentationError> {
@@ -871,4 +1105,13 @@ fn replayed<M: Message + Default>(
         });
     }
     M::decode(stored.response.as_slice()).map_err(SegmentationError::corrupt)
+}
+
+/// The referrer in encoded profile facts.
+fn referrer_of(body: &[u8]) -> Result<Option<Uuid>, SegmentationError> {
+    let facts = crate::membership::decode_facts(body)?;
+    Ok(facts
+        .referrer
+        .strip_prefix("customers/")
+        .and_then(|id| Uuid::parse_str(id).ok()))
 }

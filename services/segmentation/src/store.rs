@@ -12,6 +12,12 @@
 //! write one customer from two different reads.
 
 pub mod migrations;
+mod referrals;
+mod segments;
+mod value_models;
+
+pub use segments::SegmentRow;
+pub use value_models::StoredValueModel;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -58,6 +64,7 @@ mod entities {
             pub owner_id: Uuid,
             pub days: Vec<u8>,
             pub other_currency_events: i64,
+            pub feedback: Option<Vec<u8>>,
         }
 
         #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -190,6 +197,8 @@ pub struct StoredOrigin {
     /// `domain::scores::Aggregates`, encoded.
     pub days: Vec<u8>,
     pub other_currency_events: i64,
+    /// `domain::feedback::FeedbackSums`, encoded; empty without feedback.
+    pub feedback: Vec<u8>,
 }
 
 /// A customer's scores as stored: the columns reports group by, and the full resource.
@@ -376,9 +385,9 @@ impl Store {
 
     /// What `customers` resolve to through the merges applied (themselves when never merged
     /// away), with one query per link of the longest chain.
-    pub async fn resolve_many(
+    pub async fn resolve_many<C: ConnectionTrait>(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &C,
         tenant: &str,
         customers: &BTreeSet<Uuid>,
     ) -> Result<HashMap<Uuid, Uuid>, SegmentationError> {
@@ -473,6 +482,7 @@ impl Store {
                 owner_id: Set(row.owner_id),
                 days: Set(row.days.clone()),
                 other_currency_events: Set(row.other_currency_events),
+                feedback: Set((!row.feedback.is_empty()).then(|| row.feedback.clone())),
             }))
             .on_conflict(
                 OnConflict::columns([origin::Column::TenantId, origin::Column::OriginId])
@@ -480,6 +490,7 @@ impl Store {
                         origin::Column::OwnerId,
                         origin::Column::Days,
                         origin::Column::OtherCurrencyEvents,
+                        origin::Column::Feedback,
                     ])
                     .to_owned(),
             )
@@ -624,14 +635,15 @@ impl Store {
     ) -> Result<Vec<StoredOrigin>, SegmentationError> {
         let mut query = origin::Entity::find().filter(origin::Column::TenantId.eq(tenant));
         if let Some((owner, origin_id)) = after {
+            // A row-value comparison, so PostgreSQL seeks the (tenant, owner, origin) index
+            // instead of scanning from the tenant's first row on every page: `a > x OR (a = x
+            // AND b > y)` made a run's pass 1 quadratic in the tenant's size.
             query = query.filter(
-                sea_orm::Condition::any()
-                    .add(origin::Column::OwnerId.gt(owner))
-                    .add(
-                        sea_orm::Condition::all()
-                            .add(origin::Column::OwnerId.eq(owner))
-                            .add(origin::Column::OriginId.gt(origin_id)),
-                    ),
+                Expr::tuple([
+                    Expr::col(origin::Column::OwnerId),
+                    Expr::col(origin::Column::OriginId),
+                ])
+                .gt(Expr::tuple([Expr::value(owner), Expr::value(origin_id)])),
             );
         }
         Ok(query
@@ -1118,5 +1130,6 @@ fn stored_origin(model: origin::Model) -> StoredOrigin {
         owner_id: model.owner_id,
         days: model.days,
         other_currency_events: model.other_currency_events,
+        feedback: model.feedback.unwrap_or_default(),
     }
 }
