@@ -7,7 +7,9 @@ mod interaction;
 mod lifecycle;
 mod profile;
 mod segmentation;
+mod segments;
 mod slice;
+mod value_models;
 
 use std::path::Path;
 

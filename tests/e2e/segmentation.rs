@@ -18,9 +18,9 @@ use tonic::Code;
 
 use crate::crm;
 
-type Interactions = InteractionServiceClient<tonic::transport::Channel>;
-type Profiles = CustomerProfileServiceClient<tonic::transport::Channel>;
-type Segments = SegmentationServiceClient<tonic::transport::Channel>;
+pub(crate) type Interactions = InteractionServiceClient<tonic::transport::Channel>;
+pub(crate) type Profiles = CustomerProfileServiceClient<tonic::transport::Channel>;
+pub(crate) type Segments = SegmentationServiceClient<tonic::transport::Channel>;
 type Money = crm_proto::google::r#type::Money;
 
 const PURCHASES: &str = include_str!("../fixtures/segmentation/purchases.csv");
@@ -28,7 +28,7 @@ const REFUNDS: &str = include_str!("../fixtures/segmentation/refunds.csv");
 const EXPECTED: &str = include_str!("../fixtures/segmentation/expected.csv");
 const SUMMARY: &str = include_str!("../fixtures/segmentation/expected_summary.csv");
 
-fn rows(csv: &str) -> Vec<Vec<&str>> {
+pub(crate) fn rows(csv: &str) -> Vec<Vec<&str>> {
     csv.lines()
         .skip(1)
         .filter(|line| !line.is_empty())
@@ -36,11 +36,11 @@ fn rows(csv: &str) -> Vec<Vec<&str>> {
         .collect()
 }
 
-fn usd_minor(minor: i64) -> Money {
+pub(crate) fn usd_minor(minor: i64) -> Money {
     crm_proto::money::from_minor_units("USD", minor)
 }
 
-fn timestamp(rfc3339: &str) -> prost_types::Timestamp {
+pub(crate) fn timestamp(rfc3339: &str) -> prost_types::Timestamp {
     let time = chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap();
     prost_types::Timestamp {
         seconds: time.timestamp(),
@@ -49,7 +49,7 @@ fn timestamp(rfc3339: &str) -> prost_types::Timestamp {
 }
 
 /// Polls `check` until it holds: events are applied asynchronously.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -87,7 +87,11 @@ async fn scores_of(segments: &mut Segments, tenant: &str, customers: &[String]) 
 }
 
 /// (purchases, net minor units) over all of `customers`' lifetime figures.
-async fn lifetime_totals(segments: &mut Segments, tenant: &str, customers: &[String]) -> (i64, i64) {
+pub(crate) async fn lifetime_totals(
+    segments: &mut Segments,
+    tenant: &str,
+    customers: &[String],
+) -> (i64, i64) {
     scores_of(segments, tenant, customers)
         .await
         .iter()
@@ -104,7 +108,7 @@ async fn lifetime_totals(segments: &mut Segments, tenant: &str, customers: &[Str
         })
 }
 
-async fn import_customers(profiles: &mut Profiles, tenant: &str, keys: &[&str]) -> Vec<String> {
+pub(crate) async fn import_customers(profiles: &mut Profiles, tenant: &str, keys: &[&str]) -> Vec<String> {
     let batches: Vec<profile::ImportCustomersRequest> = keys
         .chunks(500)
         .map(|chunk| profile::ImportCustomersRequest {
@@ -134,7 +138,7 @@ async fn import_customers(profiles: &mut Profiles, tenant: &str, keys: &[&str]) 
     imported.results.into_iter().map(|result| result.name).collect()
 }
 
-async fn run_and_wait(
+pub(crate) async fn run_and_wait(
     segments: &mut Segments,
     tenant: &str,
     as_of: Option<prost_types::Timestamp>,
@@ -266,7 +270,48 @@ async fn scores_equal_the_reference(
     .await;
 
     let summary: HashMap<&str, &str> = rows(SUMMARY).into_iter().map(|row| (row[0], row[1])).collect();
+    // A segment over RFM, created before the run: the run's rescoring keeps it current.
+    let best = segments
+        .create_segment(with_tenant(
+            &tenant,
+            seg::CreateSegmentRequest {
+                segment: Some(seg::Segment {
+                    display_name: "Best".into(),
+                    expression: r#"rfm.segment in ["champions", "loyal"] and m >= 500"#.into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let run = run_and_wait(segments, &tenant, Some(timestamp(summary["as_of"]))).await;
+    let mut want_best: Vec<String> = expected
+        .iter()
+        .filter(|row| {
+            ["champions", "loyal"].contains(&row[8])
+                && row[3].parse::<i64>().is_ok_and(|minor| minor >= 50_000)
+        })
+        .map(|row| customer_of[row[0]].clone())
+        .collect();
+    want_best.sort();
+    assert!(!want_best.is_empty());
+    let best_now = segments
+        .get_segment(with_tenant(
+            &tenant,
+            seg::GetSegmentRequest {
+                name: best.name.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(best_now.member_count, want_best.len() as i64);
+    assert_eq!(
+        crate::segments::members(segments, &tenant, &best.name).await,
+        want_best
+    );
     assert_eq!(
         run.customers_total.to_string(),
         keys.iter()
@@ -415,6 +460,22 @@ async fn scores_equal_the_reference(
             rfm.as_deref().unwrap_or(""),
             scored[first].rfm.as_ref().map_or("", |rfm| rfm.code.as_str())
         );
+        // Customer value joins the hash: historical value (margin to date) as decimal text.
+        let historical: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("historical_value")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let margin = scored[first]
+            .value
+            .as_ref()
+            .and_then(|value| value.historical_value.clone())
+            .unwrap();
+        assert_eq!(
+            historical.as_deref(),
+            Some(format!("{}.{:02}", margin.units, margin.nanos / 10_000_000).as_str())
+        );
         let ttl: i64 = redis::cmd("TTL")
             .arg(&key)
             .query_async(&mut connection)
@@ -424,7 +485,13 @@ async fn scores_equal_the_reference(
     }
 }
 
-async fn buy(interactions: &mut Interactions, tenant: &str, customer: &str, order: &str, minor: i64) {
+pub(crate) async fn buy(
+    interactions: &mut Interactions,
+    tenant: &str,
+    customer: &str,
+    order: &str,
+    minor: i64,
+) {
     interactions
         .create_purchase(with_tenant(
             tenant,
@@ -775,6 +842,20 @@ async fn run(backend: Backend) {
     let mut segments = suite.segmentation_client().await;
     scores_equal_the_reference(&suite, &mut interactions, &mut profiles, &mut segments).await;
     merges_unmerges_erasure_and_bad_input(&mut interactions, &mut profiles, &mut segments).await;
+    crate::segments::dynamic_segments_and_grades(&mut interactions, &mut profiles, &mut segments).await;
+    crate::value_models::cdnow_through_the_service(&mut interactions, &mut profiles, &mut segments).await;
+    crate::value_models::feedback_delivered_value_and_the_trap(
+        &mut interactions,
+        &mut profiles,
+        &mut segments,
+    )
+    .await;
+    crate::value_models::referral_value_follows_referred_spend(
+        &mut interactions,
+        &mut profiles,
+        &mut segments,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -797,6 +878,21 @@ async fn run_split(backend: Backend) {
     let mut profiles = suite.profile_client().await;
     let mut segments = suite.segmentation_client().await;
     merges_unmerges_erasure_and_bad_input(&mut interactions, &mut profiles, &mut segments).await;
+    crate::segments::dynamic_segments_and_grades(&mut interactions, &mut profiles, &mut segments).await;
+    crate::value_models::degenerate_tenants_and_bad_input(&mut interactions, &mut profiles, &mut segments)
+        .await;
+    crate::value_models::feedback_delivered_value_and_the_trap(
+        &mut interactions,
+        &mut profiles,
+        &mut segments,
+    )
+    .await;
+    crate::value_models::referral_value_follows_referred_spend(
+        &mut interactions,
+        &mut profiles,
+        &mut segments,
+    )
+    .await;
     killed_mid_stream_loses_and_doubles_nothing(&mut suite).await;
 }
 
