@@ -8,12 +8,15 @@
 //! - [`workloads`]: setup and callers of each customer-profile workload;
 //! - [`purchases`]: the interaction workloads (ingest against `\copy`, unary purchases);
 //! - [`hot_scores`]: how soon a purchase shows in the hot-score hash under load;
-//! - [`report`]: the table.
+//! - [`report`]: the table;
+//! - [`recompute`]: the parts of `crm-recompute` (a full score recompute against Polars).
 
+pub mod clv;
 pub mod driver;
 pub mod echo;
 pub mod hot_scores;
 pub mod purchases;
+pub mod recompute;
 pub mod report;
 pub mod suite;
 pub mod workloads;
