@@ -5,6 +5,7 @@
 
 mod interaction;
 mod lifecycle;
+mod loyalty;
 mod profile;
 mod segmentation;
 mod segments;

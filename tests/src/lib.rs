@@ -22,6 +22,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 pub use crm_proto::customerprofile_v1 as profile;
 pub use crm_proto::interaction_v1 as interaction;
+pub use crm_proto::loyalty_v1 as loyalty;
 pub use crm_proto::segmentation_v1 as segmentation;
 
 /// The roles, as `crm serve --services` names them, and their gRPC services.
@@ -372,6 +373,10 @@ impl Suite {
     ) -> segmentation::segmentation_service_client::SegmentationServiceClient<Channel> {
         segmentation::segmentation_service_client::SegmentationServiceClient::new(self.channel().await)
             .max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    pub async fn loyalty_client(&self) -> loyalty::loyalty_service_client::LoyaltyServiceClient<Channel> {
+        loyalty::loyalty_service_client::LoyaltyServiceClient::new(self.channel().await)
     }
 
     /// A connection of the test's own to a service's store (its PostgreSQL schema or SQLite

@@ -161,9 +161,9 @@ async fn serve_with_telemetry(config: &Config) -> anyhow::Result<()> {
                     require_tenant,
                 ));
             }
-            (ServiceKind::Loyalty, Some(_)) => {
+            (ServiceKind::Loyalty, Some(db)) => {
                 builder.add_service(InterceptedService::new(
-                    crm_loyalty::LoyaltyGrpc::server(),
+                    crm_loyalty::LoyaltyGrpc::server(db, Arc::clone(&cache), cache_ttl),
                     require_tenant,
                 ));
             }

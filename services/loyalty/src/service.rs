@@ -1,0 +1,330 @@
+//! The loyalty service: one transaction per request around the pure domain.
+//!
+//! A write runs: begin (SQLite: the write lock at once) -> idempotency claim where the request
+//! has a stored response -> program -> the account, locked -> the domain applies the operation
+//! -> the store saves what changed -> commit -> the hot-score hash. Entry ids derive from
+//! request ids, so the ledger itself refuses a second application: a retry finds its entry
+//! and answers with it. A concurrent change (a revision moved, a serialization failure) rolls
+//! the transaction back and runs it again, a few times.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use crm_cache::{Cache, customer_key};
+use crm_db::idempotency::RequestKey;
+use crm_proto::loyalty_v1 as pb;
+use prost::Message;
+
+use crate::convert;
+use crate::domain::{
+    Account, Command, CustomerId, EntryId, EntryKind, LedgerEntry, Operation, Outcome, Program,
+};
+use crate::error::LoyaltyError;
+use crate::store::{PageOrder, Store, StoreError, StoredAccount, StoredEntry, StoredProgram};
+
+/// Runs of one transaction before a concurrent change is reported as UNAVAILABLE.
+const MAX_ATTEMPTS: usize = 8;
+
+/// The hash field holding the revision of the account the loyalty fields were written from.
+pub const HOT_REVISION_FIELD: &str = "loyalty_revision";
+/// The member's balance, decimal text.
+pub const HOT_POINTS_FIELD: &str = "points";
+/// The member's tier name; absent without a tier.
+pub const HOT_TIER_FIELD: &str = "tier";
+
+#[derive(Clone)]
+pub struct Loyalty {
+    store: Store,
+    cache: Arc<dyn Cache>,
+    cache_ttl: Duration,
+}
+
+/// A member's account as read, with the program it is measured against (none when the
+/// tenant has removed nothing but never set one: accounts exist only under a program, but a
+/// read does not need it).
+pub struct AccountView {
+    pub account: Account,
+    pub program: Option<Program>,
+    pub at: DateTime<Utc>,
+}
+
+/// Database times keep microseconds: an entry read back equals the one returned.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+impl Loyalty {
+    pub fn new(store: Store, cache: Arc<dyn Cache>, cache_ttl: Duration) -> Self {
+        Self {
+            store,
+            cache,
+            cache_ttl,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    // ---- program ----
+
+    pub async fn program(&self, tenant: &str) -> Result<StoredProgram, LoyaltyError> {
+        self.store
+            .program(self.store.db(), tenant)
+            .await?
+            .ok_or_else(|| LoyaltyError::not_found("program"))
+    }
+
+    /// Replaces the tenant's program (validated by the caller's conversion and again here);
+    /// with `expected_revision`, only over it.
+    pub async fn update_program(
+        &self,
+        tenant: &str,
+        program: Program,
+        expected_revision: Option<i64>,
+        key: Option<RequestKey>,
+    ) -> Result<pb::Program, LoyaltyError> {
+        program.validate()?;
+        for _ in 0..MAX_ATTEMPTS {
+            let txn = self.store.begin_write().await?;
+            let current = self
+                .store
+                .program(&txn, tenant)
+                .await?
+                .map(|stored| stored.revision);
+            let revision = current.unwrap_or(0) + 1;
+            let response = convert::program_to_pb(&StoredProgram {
+                program: program.clone(),
+                revision,
+            });
+            if let Some(key) = &key {
+                let claim = key.claim(response.encode_to_vec(), String::new());
+                if let Some(stored) = self.store.claim(&txn, tenant, &claim).await? {
+                    txn.rollback().await.map_err(StoreError::from)?;
+                    if stored.fingerprint != key.fingerprint {
+                        return Err(LoyaltyError::RequestIdReused {
+                            request_id: key.request_id.clone(),
+                        });
+                    }
+                    return pb::Program::decode(stored.response.as_slice()).map_err(|error| {
+                        StoreError::corrupt(format!("stored UpdateProgram answer: {error}")).into()
+                    });
+                }
+            }
+            if let Some(expected) = expected_revision
+                && expected != current.unwrap_or(0)
+            {
+                return Err(LoyaltyError::EtagMismatch {
+                    resource_name: "program".into(),
+                });
+            }
+            match self.store.put_program(&txn, tenant, &program, current).await {
+                Ok(_) => {}
+                Err(error) if error.is_retryable() => continue,
+                Err(error) => return Err(error.into()),
+            }
+            match txn.commit().await {
+                Ok(()) => return Ok(response),
+                Err(error) => {
+                    let error = StoreError::from(error);
+                    if error.is_retryable() {
+                        continue;
+                    }
+                    return Err(error.into());
+                }
+            }
+        }
+        Err(gave_up())
+    }
+
+    // ---- accounts ----
+
+    /// The account holding `customer`'s points (the survivor's after a merge).
+    pub async fn account(&self, tenant: &str, customer: &CustomerId) -> Result<AccountView, LoyaltyError> {
+        let txn = self.store.begin_read().await?;
+        let Some(holder) = self.store.resolve_holder(&txn, tenant, customer).await? else {
+            return Err(account_not_found(customer));
+        };
+        let stored = self
+            .store
+            .read_account(&txn, tenant, &holder)
+            .await?
+            .ok_or_else(|| account_not_found(customer))?;
+        let program = self
+            .store
+            .program(&txn, tenant)
+            .await?
+            .map(|stored| stored.program);
+        txn.commit().await.map_err(StoreError::from)?;
+        Ok(AccountView {
+            account: stored.into_account(),
+            program,
+            at: now(),
+        })
+    }
+
+    /// An administrator's adjustment under the entry id `adjust:{request_id}`. Returns the
+    /// holder's id and the entry, the first one on a retry.
+    pub async fn adjust_points(
+        &self,
+        tenant: &str,
+        customer: &CustomerId,
+        points: i64,
+        reason: String,
+        request_id: &str,
+    ) -> Result<(CustomerId, LedgerEntry), LoyaltyError> {
+        let entry_id = EntryId::new(format!("adjust:{request_id}"));
+        let same_request = |entry: &LedgerEntry| {
+            matches!(&entry.kind, EntryKind::Adjust { points: stored_points, reason: stored_reason }
+                if *stored_points == points && *stored_reason == reason)
+        };
+        let operation = Operation::Adjust {
+            points,
+            reason: reason.clone(),
+        };
+        self.apply(tenant, customer, entry_id, operation, request_id, &same_request)
+            .await
+    }
+
+    /// Applies one operation to the account holding `customer`'s points, opening it if the
+    /// customer has none. `same_request` tells whether an entry already under `entry_id` was
+    /// made by this same request (a retry) or by another one reusing its id.
+    async fn apply(
+        &self,
+        tenant: &str,
+        customer: &CustomerId,
+        entry_id: EntryId,
+        operation: Operation,
+        request_id: &str,
+        same_request: &(dyn Fn(&LedgerEntry) -> bool + Sync),
+    ) -> Result<(CustomerId, LedgerEntry), LoyaltyError> {
+        let replay = |entry: LedgerEntry| {
+            if same_request(&entry) {
+                Ok((entry.customer.clone(), entry))
+            } else {
+                Err(LoyaltyError::RequestIdReused {
+                    request_id: request_id.to_owned(),
+                })
+            }
+        };
+        for _ in 0..MAX_ATTEMPTS {
+            let txn = self.store.begin_write().await?;
+            let Some(program) = self.store.program(&txn, tenant).await? else {
+                return Err(LoyaltyError::NoProgram);
+            };
+            // A retry of an applied request: answer without locking any account.
+            if let Some(existing) = self.store.find_entry(&txn, tenant, &entry_id).await? {
+                return replay(existing);
+            }
+            let holder = self
+                .store
+                .resolve_holder(&txn, tenant, customer)
+                .await?
+                .unwrap_or_else(|| customer.clone());
+            let at = now();
+            let fresh = Account::new(holder.clone(), &program.program, at);
+            let mut stored = match self.store.load_or_create_account(&txn, tenant, fresh).await {
+                Ok(stored) => stored,
+                Err(error) if error.is_retryable() => continue,
+                Err(error) => return Err(error.into()),
+            };
+            // Merged between the resolution and the lock: resolve again.
+            if stored.account().merged_into().is_some() {
+                continue;
+            }
+            let command = Command {
+                entry_id: entry_id.clone(),
+                at,
+                operation: operation.clone(),
+            };
+            let entry = match stored.account_mut().apply(&program.program, command)? {
+                Outcome::Replayed { entry } => return replay(entry),
+                Outcome::NothingDue => {
+                    return Err(StoreError::corrupt("an operation of a request recorded no entry").into());
+                }
+                Outcome::Applied { entry, .. } => entry,
+            };
+            match self.store.save_account(&txn, tenant, &mut stored).await {
+                Ok(()) => {}
+                Err(StoreError::DuplicateEntry { .. }) => {
+                    txn.rollback().await.map_err(StoreError::from)?;
+                    let existing = self
+                        .store
+                        .find_entry(self.store.db(), tenant, &entry_id)
+                        .await?
+                        .ok_or_else(|| StoreError::Conflict(format!("entry {entry_id} vanished")))?;
+                    return replay(existing);
+                }
+                Err(error) if error.is_retryable() => continue,
+                Err(error) => return Err(error.into()),
+            }
+            match txn.commit().await {
+                Ok(()) => {}
+                Err(error) => {
+                    let error = StoreError::from(error);
+                    if error.is_retryable() {
+                        continue;
+                    }
+                    return Err(error.into());
+                }
+            }
+            self.publish_hot(tenant, &stored).await;
+            return Ok((holder, entry));
+        }
+        Err(gave_up())
+    }
+
+    /// Writes the member's balance and tier into the customer's hot-score hash, over an older
+    /// revision only (a slower writer of an earlier state cannot overwrite a newer one).
+    async fn publish_hot(&self, tenant: &str, stored: &StoredAccount) {
+        let Some(revision) = stored.revision() else {
+            return;
+        };
+        let account = stored.account();
+        let key = customer_key("score", tenant, account.customer().as_str());
+        let points = account.balance().to_string().into_bytes();
+        let (set, delete): (Vec<(&str, Vec<u8>)>, &[&str]) = match account.tier() {
+            Some(tier) => (
+                vec![
+                    (HOT_POINTS_FIELD, points),
+                    (HOT_TIER_FIELD, tier.as_bytes().to_vec()),
+                ],
+                &[],
+            ),
+            None => (vec![(HOT_POINTS_FIELD, points)], &[HOT_TIER_FIELD]),
+        };
+        self.cache
+            .hash_update_if_newer(&key, HOT_REVISION_FIELD, revision, &set, delete, self.cache_ttl)
+            .await;
+    }
+
+    /// A page of `customer`'s own ledger; NOT_FOUND without an account.
+    pub async fn ledger_page(
+        &self,
+        tenant: &str,
+        customer: &CustomerId,
+        after_seq: Option<i64>,
+        limit: u64,
+        order: PageOrder,
+    ) -> Result<Vec<StoredEntry>, LoyaltyError> {
+        let db = self.store.db();
+        if self.store.resolve_holder(db, tenant, customer).await?.is_none() {
+            return Err(account_not_found(customer));
+        }
+        Ok(self
+            .store
+            .entries_page(db, tenant, customer, after_seq, limit, order)
+            .await?)
+    }
+}
+
+fn account_not_found(customer: &CustomerId) -> LoyaltyError {
+    LoyaltyError::not_found(format!("accounts/{customer}"))
+}
+
+fn gave_up() -> LoyaltyError {
+    LoyaltyError::Store(StoreError::Conflict(format!(
+        "the account kept changing concurrently over {MAX_ATTEMPTS} attempts"
+    )))
+}
