@@ -30,7 +30,8 @@ fn non_negative(value: i32, field: &str) -> Result<u32, LoyaltyError> {
     u32::try_from(value).map_err(|_| LoyaltyError::invalid(field, "must not be negative"))
 }
 
-/// The program a request sets; [`Program::validate`] then checks the ranges.
+/// The program a request sets, its fields converted; the service checks the ranges with
+/// [`Program::validate`].
 pub fn program_from_pb(program: &pb::Program) -> Result<Program, LoyaltyError> {
     let code = program.currency_code.trim().to_ascii_uppercase();
     let exponent = crm_proto::money::currency_exponent(&code)
@@ -108,7 +109,6 @@ pub fn program_from_pb(program: &pb::Program) -> Result<Program, LoyaltyError> {
         excluded_categories,
         referral_bonus_points: program.referral_bonus_points,
     };
-    program.validate()?;
     Ok(program)
 }
 

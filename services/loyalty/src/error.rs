@@ -51,16 +51,12 @@ impl From<LoyaltyError> for ApiError {
             ),
             LoyaltyError::NoProgram => ApiError::FailedPrecondition {
                 reason: "NO_PROGRAM",
-                message: error_message_no_program(),
+                message: LoyaltyError::NoProgram.to_string(),
             },
             LoyaltyError::Domain(domain) => domain_error(domain),
             LoyaltyError::Store(store) => store_error(store),
         }
     }
-}
-
-fn error_message_no_program() -> String {
-    LoyaltyError::NoProgram.to_string()
 }
 
 fn domain_error(error: DomainError) -> ApiError {

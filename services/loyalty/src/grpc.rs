@@ -143,14 +143,17 @@ impl LoyaltyService for LoyaltyGrpc {
                 format!("is required: 1 to {MAX_REASON_CHARS} characters, not only spaces"),
             )));
         }
-        // Required: the entry id derives from it. Checked like every request id.
+        // Required: the entry id derives from it, and the stored entry (not an idempotency
+        // record) tells a retry from another request under the same id. Only its form is
+        // checked here, as for every request id.
         if message.request_id.is_empty() {
             return Err(status(LoyaltyError::invalid(
                 "request_id",
                 "is required: the ledger entry's id derives from it",
             )));
         }
-        request_key("AdjustPoints", &message.request_id, &message)?;
+        RequestKey::parse("AdjustPoints", &message.request_id, &[])
+            .map_err(|error| status(LoyaltyError::invalid("request_id", error.to_string())))?;
         let (_, entry) = self
             .service
             .adjust_points(

@@ -40,9 +40,8 @@ pub struct Loyalty {
     cache_ttl: Duration,
 }
 
-/// A member's account as read, with the program it is measured against (none when the
-/// tenant has removed nothing but never set one: accounts exist only under a program, but a
-/// read does not need it).
+/// A member's account as read, with the tenant's program for its tier progress (`None` only
+/// if the program row is missing; reading an account does not need it).
 pub struct AccountView {
     pub account: Account,
     pub program: Option<Program>,
@@ -63,10 +62,6 @@ impl Loyalty {
         }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     // ---- program ----
 
     pub async fn program(&self, tenant: &str) -> Result<StoredProgram, LoyaltyError> {
@@ -76,8 +71,8 @@ impl Loyalty {
             .ok_or_else(|| LoyaltyError::not_found("program"))
     }
 
-    /// Replaces the tenant's program (validated by the caller's conversion and again here);
-    /// with `expected_revision`, only over it.
+    /// Replaces the tenant's program after [`Program::validate`]; with `expected_revision`,
+    /// only over it.
     pub async fn update_program(
         &self,
         tenant: &str,
