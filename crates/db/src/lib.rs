@@ -4,6 +4,7 @@
 //! `search_path` to it), on the embedded default its own SQLite file under the data directory.
 //! Each runs its own migrations at start. Every table leads with `tenant_id`.
 
+pub mod feed_cursor;
 pub mod idempotency;
 pub mod outbox;
 

@@ -34,23 +34,6 @@ use uuid::Uuid;
 use crate::error::SegmentationError;
 
 mod entities {
-    pub mod feed_cursor {
-        use sea_orm::entity::prelude::*;
-
-        #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-        #[sea_orm(table_name = "feed_cursors")]
-        pub struct Model {
-            #[sea_orm(primary_key, auto_increment = false)]
-            pub source: String,
-            pub position: i64,
-        }
-
-        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-        pub enum Relation {}
-
-        impl ActiveModelBehavior for ActiveModel {}
-    }
-
     pub mod origin {
         use sea_orm::entity::prelude::*;
 
@@ -182,7 +165,7 @@ mod entities {
     }
 }
 
-use entities::{erased, feed_cursor, merge_parent, origin, score_run, scores, tenant_state};
+use entities::{erased, merge_parent, origin, score_run, scores, tenant_state};
 
 /// First key of the PostgreSQL advisory lock on one tenant's scores (ASCII "segm").
 const TENANT_LOCK_CLASS: i32 = 0x7365_676d;
@@ -300,31 +283,12 @@ impl Store {
 
     /// The position of the last event of `source` applied (0 for none), without locking.
     pub async fn feed_cursor(&self, source: &str) -> Result<i64, SegmentationError> {
-        Ok(feed_cursor::Entity::find_by_id(source.to_owned())
-            .one(&self.db)
-            .await?
-            .map_or(0, |row| row.position))
+        Ok(crm_db::feed_cursor::position(&self.db, source).await?)
     }
 
-    /// The cursor of `source`, locked until `txn` ends, so two replicas following one feed
-    /// apply each event once: the second waits, then sees the first's cursor.
+    /// The cursor of `source`, locked until `txn` ends (see [`crm_db::feed_cursor::lock`]).
     pub async fn lock_feed(&self, txn: &DatabaseTransaction, source: &str) -> Result<i64, SegmentationError> {
-        feed_cursor::Entity::insert(feed_cursor::ActiveModel {
-            source: Set(source.to_owned()),
-            position: Set(0),
-        })
-        .on_conflict(
-            OnConflict::column(feed_cursor::Column::Source)
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(txn)
-        .await?;
-        let mut query = feed_cursor::Entity::find_by_id(source.to_owned());
-        if is_postgres(txn) {
-            query = query.lock_exclusive();
-        }
-        Ok(query.one(txn).await?.map_or(0, |row| row.position))
+        Ok(crm_db::feed_cursor::lock(txn, source).await?)
     }
 
     pub async fn set_feed_cursor(
@@ -333,12 +297,7 @@ impl Store {
         source: &str,
         position: i64,
     ) -> Result<(), SegmentationError> {
-        feed_cursor::Entity::update_many()
-            .col_expr(feed_cursor::Column::Position, Expr::value(position))
-            .filter(feed_cursor::Column::Source.eq(source))
-            .exec(txn)
-            .await?;
-        Ok(())
+        Ok(crm_db::feed_cursor::set(txn, source, position).await?)
     }
 
     /// Takes the tenant's scores lock until `txn` ends (PostgreSQL; SQLite has one writer).
