@@ -30,6 +30,7 @@ mod accounts;
 mod catalog;
 mod codec;
 mod entities;
+mod follow;
 pub mod migrations;
 
 pub use accounts::{HeldLot, LotCursor, PageOrder, StoredAccount, StoredEntry};

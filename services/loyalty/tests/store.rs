@@ -232,7 +232,10 @@ async fn accounts_round_trip_through_every_operation() {
         // The program.
         let txn = store.begin_write().await.unwrap();
         assert_eq!(
-            store.put_program(&txn, TENANT, &program, Some(0)).await.unwrap(),
+            store
+                .put_program(&txn, TENANT, &program, Some(0), Utc::now())
+                .await
+                .unwrap(),
             1
         );
         txn.commit().await.unwrap();
@@ -243,11 +246,16 @@ async fn accounts_round_trip_through_every_operation() {
         );
         let txn = store.begin_write().await.unwrap();
         assert_eq!(
-            store.put_program(&txn, TENANT, &program, Some(1)).await.unwrap(),
+            store
+                .put_program(&txn, TENANT, &program, Some(1), Utc::now())
+                .await
+                .unwrap(),
             2
         );
         assert!(matches!(
-            store.put_program(&txn, TENANT, &program, Some(1)).await,
+            store
+                .put_program(&txn, TENANT, &program, Some(1), Utc::now())
+                .await,
             Err(StoreError::Conflict(_))
         ));
         txn.rollback().await.unwrap();

@@ -166,7 +166,7 @@ impl Campaign {
             .map(|budget| budget.saturating_sub(self.awarded_points).max(0))
     }
 
-    fn is_running_at(&self, at: DateTime<Utc>) -> bool {
+    pub fn is_running_at(&self, at: DateTime<Utc>) -> bool {
         self.starts_at <= at && at < self.ends_at
     }
 }

@@ -160,6 +160,9 @@ pub enum EarnSource {
         referred_customer: CustomerId,
         purchase_id: String,
     },
+    /// Points for something other than a purchase (`AccruePoints`: a survey answered, a
+    /// partner's purchase, a check-in), under the caller's label.
+    Other { source: String, description: String },
 }
 
 /// The reward a redemption paid for.

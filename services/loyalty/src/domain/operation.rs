@@ -79,7 +79,8 @@ pub struct Redeem {
 pub struct RefundReversal {
     /// The EARN entry to reverse (e.g. [`EntryId::accrual`] of the refunded purchase).
     pub accrual_entry_id: EntryId,
-    /// Points to take back, more than 0 and at most what of the accrual is not yet reversed
+    /// Points to take back, at most what of the accrual is not yet reversed; 0 only with a
+    /// refunded spend (a refund too small to take a point back)
     /// (see [`reversal_points`](super::earn::reversal_points)).
     pub points: i64,
     /// Refunded amount in minor units, removed from the accrual's qualifying spend.

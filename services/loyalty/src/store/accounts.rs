@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::entity::prelude::*;
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{Condition, ConnectionTrait, DatabaseTransaction, QueryOrder, QuerySelect, Set};
+use sea_orm::sea_query::{Alias, Expr, OnConflict};
+use sea_orm::{Condition, ConnectionTrait, DatabaseTransaction, Iterable, QueryOrder, QuerySelect, Set};
 
 use super::entities::{account, cancellation, entry, lot};
 use super::{IN_CHUNK, MAX_MERGE_DEPTH, Store, StoreError, codec, is_postgres};
@@ -354,27 +354,68 @@ impl Store {
         customer: &CustomerId,
         lock: RowLock,
     ) -> Result<Option<StoredAccount>, StoreError> {
-        let mut query = account::Entity::find_by_id((tenant.to_owned(), customer.as_str().to_owned()));
-        if is_postgres(txn) {
-            query = match lock {
-                RowLock::Update => query.lock_exclusive(),
-                RowLock::Share => query.lock_shared(),
-            };
-        }
-        let Some(root) = query.one(txn).await? else {
-            return Ok(None);
-        };
+        let mut loaded = self
+            .load_many(txn, tenant, std::slice::from_ref(customer), lock)
+            .await?;
+        Ok(loaded.remove(customer))
+    }
 
-        // The accounts merged into it, level by level.
-        let mut rows = vec![root.clone()];
-        let mut seen: HashSet<String> = HashSet::from([root.customer_id.clone()]);
-        let mut frontier = vec![root.customer_id.clone()];
+    /// The accounts of `customers` (those that have one), each locked and loaded as by
+    /// [`Store::load_account`], in a fixed number of queries whatever their count: a batch of
+    /// purchase events loads its members together. Rows are locked in customer order, so two
+    /// batches over the same members cannot deadlock.
+    pub async fn load_accounts(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        customers: &[CustomerId],
+    ) -> Result<HashMap<CustomerId, StoredAccount>, StoreError> {
+        self.load_many(txn, tenant, customers, RowLock::Update).await
+    }
+
+    async fn load_many(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        customers: &[CustomerId],
+        lock: RowLock,
+    ) -> Result<HashMap<CustomerId, StoredAccount>, StoreError> {
+        let mut wanted: Vec<String> = customers
+            .iter()
+            .map(|customer| customer.as_str().to_owned())
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        let mut roots = Vec::new();
+        for chunk in wanted.chunks(IN_CHUNK) {
+            let mut query = account::Entity::find()
+                .filter(account::Column::TenantId.eq(tenant))
+                .filter(account::Column::CustomerId.is_in(chunk.iter().cloned()))
+                .order_by_asc(account::Column::CustomerId);
+            if is_postgres(txn) {
+                query = match lock {
+                    RowLock::Update => query.lock_exclusive(),
+                    RowLock::Share => query.lock_shared(),
+                };
+            }
+            roots.extend(query.all(txn).await?);
+        }
+        if roots.is_empty() {
+            return Ok(HashMap::new());
+        }
+
+        // The accounts merged into them, level by level.
+        let mut rows = roots.clone();
+        let mut seen: HashSet<String> = roots.iter().map(|root| root.customer_id.clone()).collect();
+        let mut frontier: Vec<String> = seen.iter().cloned().collect();
+        let mut merged_rows = Vec::new();
         let mut depth = 0;
         while !frontier.is_empty() {
             depth += 1;
             if depth > MAX_MERGE_DEPTH {
                 return Err(StoreError::corrupt(format!(
-                    "the merges into {customer} are deeper than {MAX_MERGE_DEPTH}"
+                    "the merges into {} are deeper than {MAX_MERGE_DEPTH}",
+                    frontier.join(", ")
                 )));
             }
             let mut next = Vec::new();
@@ -386,13 +427,25 @@ impl Store {
                     .await?
                 {
                     if !seen.insert(child.customer_id.clone()) {
-                        return Err(StoreError::corrupt(format!(
-                            "account {} is merged into itself",
-                            child.customer_id
-                        )));
+                        // Asked for both a survivor and an account merged into it: the merged
+                        // one is part of the survivor's tree, not an account of its own.
+                        let Some(index) = roots
+                            .iter()
+                            .position(|root| root.customer_id == child.customer_id)
+                        else {
+                            return Err(StoreError::corrupt(format!(
+                                "account {} is merged into itself",
+                                child.customer_id
+                            )));
+                        };
+                        roots.remove(index);
+                        next.push(child.customer_id.clone());
+                        merged_rows.push(child);
+                        continue;
                     }
                     next.push(child.customer_id.clone());
-                    rows.push(child);
+                    rows.push(child.clone());
+                    merged_rows.push(child);
                 }
             }
             frontier = next;
@@ -440,7 +493,7 @@ impl Store {
         for row in &rows {
             revisions.insert(CustomerId::from(row.customer_id.as_str()), row.revision);
         }
-        for row in rows.into_iter().skip(1) {
+        for row in merged_rows {
             if let Some(survivor) = row.merged_into.clone() {
                 children.entry(survivor).or_default().push(row);
             }
@@ -451,11 +504,16 @@ impl Store {
             cancellations,
             children,
         };
-        let account_parts = parts.build(root)?;
-        let account = Account::from_parts(account_parts)
-            .map_err(|error| StoreError::corrupt(format!("account of {customer}: {error}")))?;
-        let stored = Snapshot::of(&account, &revisions);
-        Ok(Some(StoredAccount { account, stored }))
+        let mut loaded = HashMap::with_capacity(roots.len());
+        for root in roots {
+            let customer = CustomerId::from(root.customer_id.as_str());
+            let account_parts = parts.build(root)?;
+            let account = Account::from_parts(account_parts)
+                .map_err(|error| StoreError::corrupt(format!("account of {customer}: {error}")))?;
+            let stored = Snapshot::of(&account, &revisions);
+            loaded.insert(customer, StoredAccount { account, stored });
+        }
+        Ok(loaded)
     }
 
     /// Writes what changed in `accounts` since they were read (or everything, for accounts
@@ -769,7 +827,10 @@ impl<'a> Plan<'a> {
         stored: &Snapshot,
     ) -> Result<HashMap<CustomerId, i64>, StoreError> {
         let mut revisions = HashMap::new();
-        // Account rows first: a revision that moved stops the save before anything else.
+        // Account rows first: a revision that moved stops the save before anything else. All
+        // in one upsert per chunk, each row written only over the revision it was read at
+        // (a new row only where none exists), so a batch of members costs one statement.
+        let mut rows = Vec::new();
         for node in &self.nodes {
             let customer = node.account.customer();
             let image = RowImage::of(node.account, node.position);
@@ -781,47 +842,61 @@ impl<'a> Plan<'a> {
                             "the ledger of {customer} would lose entries"
                         )));
                     }
-                    let revision = row.revision + 1;
-                    let updated = account::Entity::update_many()
-                        .set(image.active_model(tenant, customer, revision))
-                        .filter(account::Column::TenantId.eq(tenant))
-                        .filter(account::Column::CustomerId.eq(customer.as_str()))
-                        .filter(account::Column::Revision.eq(row.revision))
-                        .exec(txn)
-                        .await?
-                        .rows_affected;
-                    if updated != 1 {
-                        return Err(StoreError::Conflict(format!(
-                            "the account of {customer} changed since revision {}",
-                            row.revision
-                        )));
-                    }
-                    revision
+                    rows.push(image.active_model(tenant, customer, row.revision + 1));
+                    row.revision + 1
                 }
                 None => {
-                    account::Entity::insert(image.active_model(tenant, customer, 1))
-                        .exec_without_returning(txn)
-                        .await
-                        .map_err(|error| {
-                            unique_as_conflict(error, || format!("the account of {customer} exists"))
-                        })?;
+                    rows.push(image.active_model(tenant, customer, 1));
                     1
                 }
             };
             revisions.insert(customer.clone(), revision);
         }
-
-        // New entries, one statement each so a duplicate names its id.
-        for node in &self.nodes {
-            for (seq, entry) in node.account.entries().iter().enumerate() {
-                if stored.entries.contains(&entry.id) {
-                    continue;
-                }
-                insert_entry(txn, tenant, count(seq), entry).await?;
+        for chunk in chunked(rows, ROWS_PER_STATEMENT) {
+            let expected = count(chunk.len());
+            let written = account::Entity::insert_many(chunk)
+                .on_conflict(
+                    OnConflict::columns([account::Column::TenantId, account::Column::CustomerId])
+                        .update_columns(account::Column::iter().filter(|column| {
+                            !matches!(column, account::Column::TenantId | account::Column::CustomerId)
+                        }))
+                        // The stored row is the one read: its revision is one below the new.
+                        .action_and_where(sea_orm::sea_query::ExprTrait::eq(
+                            sea_orm::sea_query::ExprTrait::add(
+                                Expr::col((account::Entity, account::Column::Revision)),
+                                1,
+                            ),
+                            Expr::col((Alias::new("excluded"), account::Column::Revision)),
+                        ))
+                        .to_owned(),
+                )
+                .exec_without_returning(txn)
+                .await?;
+            if i64::try_from(written).ok() != Some(expected) {
+                return Err(StoreError::Conflict(
+                    "an account changed or was created since it was read".into(),
+                ));
             }
         }
 
+        // New entries. One alone is inserted as is, so a duplicate id is reported by the
+        // database; several are checked for ids taken first and inserted together.
+        let mut new_entries = Vec::new();
+        for node in &self.nodes {
+            for (seq, entry) in node.account.entries().iter().enumerate() {
+                if !stored.entries.contains(&entry.id) {
+                    new_entries.push((count(seq), entry));
+                }
+            }
+        }
+        if let [(seq, entry)] = new_entries.as_slice() {
+            insert_entry(txn, tenant, *seq, entry).await?;
+        } else if !new_entries.is_empty() {
+            insert_entries(txn, tenant, &new_entries).await?;
+        }
+
         // Lots created, changed or moved.
+        let mut new_lots = Vec::new();
         for node in &self.nodes {
             let holder = node.account.customer();
             for lot in node.account.lots() {
@@ -843,16 +918,15 @@ impl<'a> Plan<'a> {
                             )));
                         }
                     }
-                    None => {
-                        lot::Entity::insert(lot_active_model(tenant, holder, lot))
-                            .exec_without_returning(txn)
-                            .await
-                            .map_err(|error| {
-                                unique_as_conflict(error, || format!("lot {} exists", lot.id))
-                            })?;
-                    }
+                    None => new_lots.push(lot_active_model(tenant, holder, lot)),
                 }
             }
+        }
+        for chunk in chunked(new_lots, ROWS_PER_STATEMENT) {
+            lot::Entity::insert_many(chunk)
+                .exec_without_returning(txn)
+                .await
+                .map_err(|error| unique_as_conflict(error, || "a new lot's id exists".into()))?;
         }
 
         // Cancellations, kept with the ledger of the redemption.
@@ -882,19 +956,67 @@ impl<'a> Plan<'a> {
     }
 }
 
-async fn insert_entry(
+/// Rows per multi-row statement: far below PostgreSQL's 65,535 and SQLite's 32,766 bound
+/// parameters at 13 columns a row.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+fn chunked<T>(rows: Vec<T>, size: usize) -> Vec<Vec<T>> {
+    let mut chunks = Vec::new();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        chunks.push(rows.by_ref().take(size).collect());
+    }
+    chunks
+}
+
+/// Inserts several new entries: an id already in the tenant is reported as
+/// [`StoreError::DuplicateEntry`] before anything is written; one taken concurrently after
+/// that check fails the statement as a conflict, and the retry's check names it.
+async fn insert_entries(
     txn: &DatabaseTransaction,
     tenant: &str,
-    seq: i64,
-    entry: &LedgerEntry,
+    entries: &[(i64, &LedgerEntry)],
 ) -> Result<(), StoreError> {
+    for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+        let ids: Vec<String> = chunk
+            .iter()
+            .map(|(_, entry)| entry.id.as_str().to_owned())
+            .collect();
+        let taken: Option<String> = entry::Entity::find()
+            .select_only()
+            .column(entry::Column::EntryId)
+            .filter(entry::Column::TenantId.eq(tenant))
+            .filter(entry::Column::EntryId.is_in(ids))
+            .into_tuple()
+            .one(txn)
+            .await?;
+        if let Some(entry_id) = taken {
+            return Err(StoreError::DuplicateEntry {
+                entry_id: EntryId::from(entry_id),
+            });
+        }
+        entry::Entity::insert_many(
+            chunk
+                .iter()
+                .map(|(seq, entry)| entry_active_model(tenant, *seq, entry)),
+        )
+        .exec_without_returning(txn)
+        .await
+        .map_err(|error| {
+            unique_as_conflict(error, || "a new ledger entry's id or position was taken".into())
+        })?;
+    }
+    Ok(())
+}
+
+fn entry_active_model(tenant: &str, seq: i64, entry: &LedgerEntry) -> entry::ActiveModel {
     let reward = match &entry.kind {
         EntryKind::Redeem {
             reward: Some(line), ..
         } => Some(line),
         _ => None,
     };
-    let result = entry::Entity::insert(entry::ActiveModel {
+    entry::ActiveModel {
         tenant_id: Set(tenant.to_owned()),
         entry_id: Set(entry.id.as_str().to_owned()),
         customer_id: Set(entry.customer.as_str().to_owned()),
@@ -907,9 +1029,18 @@ async fn insert_entry(
         reward_id: Set(reward.map(|line| line.reward_id.clone())),
         reward_quantity: Set(reward.map(|line| i64::from(line.quantity))),
         body: Set(codec::encode_entry_body(entry)),
-    })
-    .exec_without_returning(txn)
-    .await;
+    }
+}
+
+async fn insert_entry(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    seq: i64,
+    entry: &LedgerEntry,
+) -> Result<(), StoreError> {
+    let result = entry::Entity::insert(entry_active_model(tenant, seq, entry))
+        .exec_without_returning(txn)
+        .await;
     match result {
         Ok(_) => Ok(()),
         Err(error) => match unique_violation_message(&error) {

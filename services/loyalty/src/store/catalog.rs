@@ -15,6 +15,9 @@ use crate::domain::{Campaign, CampaignAward, DomainError, Program, Reward};
 pub struct StoredProgram {
     pub program: Program,
     pub revision: i64,
+    /// When the tenant first set a program; purchases made before it earn nothing. `None`
+    /// for a program stored before start times were kept.
+    pub start_time: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +50,7 @@ impl Store {
                 Ok(StoredProgram {
                     program: codec::decode_program(&row.body)?,
                     revision: row.revision,
+                    start_time: row.start_time,
                 })
             })
             .transpose()
@@ -54,13 +58,15 @@ impl Store {
 
     /// Stores the tenant's program; returns its new revision. With `expected_revision`, only
     /// over that revision (0: only when the tenant has none), else [`StoreError::Conflict`].
-    /// The store does not validate: the service calls [`Program::validate`] first.
+    /// The store does not validate: the service calls [`Program::validate`] first. A new
+    /// program starts at `start_time`; a replaced one keeps its start.
     pub async fn put_program(
         &self,
         txn: &DatabaseTransaction,
         tenant: &str,
         program: &Program,
         expected_revision: Option<i64>,
+        start_time: DateTime<Utc>,
     ) -> Result<i64, StoreError> {
         let body = codec::encode_program(program);
         let mut query = program::Entity::find_by_id(tenant.to_owned());
@@ -88,6 +94,7 @@ impl Store {
                     body: Set(body),
                     revision: Set(1),
                     update_time: Set(Utc::now()),
+                    start_time: Set(Some(start_time)),
                 })
                 .exec_without_returning(txn)
                 .await
@@ -169,6 +176,24 @@ impl Store {
             .await?
             .map(stored_reward)
             .transpose()
+    }
+
+    /// A reward read to be changed: on PostgreSQL its row stays locked (`FOR UPDATE`) until
+    /// `txn` ends. [`Store::update_reward`] writes the stock back with the definition, so
+    /// without the lock a redemption could take stock between this read and that write and
+    /// the write would give the taken units back (SQLite's write transaction is exclusive
+    /// already).
+    pub async fn lock_reward(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        reward_id: &str,
+    ) -> Result<Option<StoredReward>, StoreError> {
+        let mut query = reward::Entity::find_by_id((tenant.to_owned(), reward_id.to_owned()));
+        if is_postgres(txn) {
+            query = query.lock_exclusive();
+        }
+        query.one(txn).await?.map(stored_reward).transpose()
     }
 
     /// Rewards by id, `limit` at a time after `after`.
@@ -388,10 +413,22 @@ impl Store {
         tenant: &str,
         at: DateTime<Utc>,
     ) -> Result<Vec<Campaign>, StoreError> {
+        self.campaigns_between(db, tenant, at, at).await
+    }
+
+    /// The campaigns running at some time in `[from, to]`, by id: what a batch of purchases
+    /// made over that span considers (the quote checks each purchase's own time).
+    pub async fn campaigns_between<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        tenant: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<Campaign>, StoreError> {
         campaign::Entity::find()
             .filter(campaign::Column::TenantId.eq(tenant))
-            .filter(campaign::Column::EndsAt.gt(at))
-            .filter(campaign::Column::StartsAt.lte(at))
+            .filter(campaign::Column::EndsAt.gt(from))
+            .filter(campaign::Column::StartsAt.lte(to))
             .order_by_asc(campaign::Column::CampaignId)
             .all(db)
             .await?

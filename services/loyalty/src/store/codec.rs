@@ -74,7 +74,7 @@ pub(super) struct EarnPb {
     pub earned_at_micros: i64,
     #[prost(string, tag = "3")]
     pub origin_customer: String,
-    #[prost(oneof = "EarnSourcePb", tags = "4, 5")]
+    #[prost(oneof = "EarnSourcePb", tags = "4, 5, 6")]
     pub source: Option<EarnSourcePb>,
 }
 
@@ -84,6 +84,16 @@ pub(super) enum EarnSourcePb {
     Purchase(PurchasePb),
     #[prost(message, tag = "5")]
     Referral(ReferralPb),
+    #[prost(message, tag = "6")]
+    Other(OtherSourcePb),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct OtherSourcePb {
+    #[prost(string, tag = "1")]
+    pub source: String,
+    #[prost(string, tag = "2")]
+    pub description: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -239,6 +249,10 @@ pub(super) fn encode_entry_body(entry: &LedgerEntry) -> Vec<u8> {
                     referred_customer: referred_customer.as_str().to_owned(),
                     purchase_id: purchase_id.clone(),
                 }),
+                EarnSource::Other { source, description } => EarnSourcePb::Other(OtherSourcePb {
+                    source: source.clone(),
+                    description: description.clone(),
+                }),
             }),
         }),
         EntryKind::Redeem { points, reward } => EntryKindPb::Redeem(RedeemPb {
@@ -349,6 +363,10 @@ pub(super) fn decode_entry_body(body: &[u8]) -> Result<(EntryKind, Vec<LotMoveme
                 Some(EarnSourcePb::Referral(referral)) => EarnSource::Referral {
                     referred_customer: CustomerId::from(referral.referred_customer),
                     purchase_id: referral.purchase_id,
+                },
+                Some(EarnSourcePb::Other(other)) => EarnSource::Other {
+                    source: other.source,
+                    description: other.description,
                 },
                 None => return Err(StoreError::corrupt("earn entry without a source")),
             },

@@ -12,6 +12,7 @@ pub(super) mod program {
         pub body: Vec<u8>,
         pub revision: i64,
         pub update_time: ChronoDateTimeUtc,
+        pub start_time: Option<ChronoDateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -168,6 +169,25 @@ pub(super) mod campaign {
         pub budget_points: Option<i64>,
         pub awarded_points: i64,
         pub revision: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub(super) mod first_purchase {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "first_purchases")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub customer_id: String,
+        pub purchase_id: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

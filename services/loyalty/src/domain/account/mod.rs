@@ -363,7 +363,7 @@ impl Account {
                 }
                 *spend_minor
             }
-            EarnSource::Referral { .. } => 0,
+            EarnSource::Referral { .. } | EarnSource::Other { .. } => 0,
         };
         let origin_customer = match earn.origin_customer {
             Some(origin) if !self.customers().contains(&&origin) => {
@@ -580,12 +580,20 @@ impl Account {
         at: DateTime<Utc>,
         reversal: RefundReversal,
     ) -> Result<Outcome, DomainError> {
-        check_points("points", reversal.points, 1)?;
+        // 0 points is a refund too small to take a point back under the rounding: it still
+        // records the refunded spend, which later refunds of the purchase count from.
+        check_points("points", reversal.points, 0)?;
         reversal.accrual_entry_id.validate("accrual_entry_id")?;
         if reversal.refunded_spend_minor < 0 {
             return Err(DomainError::invalid(
                 "refunded_spend_minor",
                 "must not be negative",
+            ));
+        }
+        if reversal.points == 0 && reversal.refunded_spend_minor == 0 {
+            return Err(DomainError::invalid(
+                "points",
+                "a reversal must take back points or refunded spend",
             ));
         }
         let lot_id = LotId::of_entry(&reversal.accrual_entry_id);
@@ -600,7 +608,7 @@ impl Account {
             ));
         }
         let reversible = lot.original_points - lot.reversed_points;
-        if reversible == 0 {
+        if reversible == 0 && reversal.points > 0 {
             return Err(DomainError::AlreadyApplied {
                 what: format!("reversal of all points of accrual {}", reversal.accrual_entry_id),
                 by_entry_id: None,
