@@ -6,6 +6,7 @@
 mod interaction;
 mod lifecycle;
 mod loyalty;
+mod loyalty_earning;
 mod profile;
 mod segmentation;
 mod segments;

@@ -163,7 +163,19 @@ async fn serve_with_telemetry(config: &Config) -> anyhow::Result<()> {
             }
             (ServiceKind::Loyalty, Some(db)) => {
                 builder.add_service(InterceptedService::new(
-                    crm_loyalty::LoyaltyGrpc::server(db, Arc::clone(&cache), cache_ttl),
+                    crm_loyalty::LoyaltyGrpc::server(
+                        db,
+                        Arc::clone(&cache),
+                        cache_ttl,
+                        crm_loyalty::Feeds {
+                            customer_profile: channel_to(ServiceKind::CustomerProfile)?,
+                            interaction: channel_to(ServiceKind::Interaction)?,
+                            segmentation: channel_to(ServiceKind::Segmentation)?,
+                            token: internal_token.clone(),
+                        },
+                        Duration::from_secs(config.loyalty.job_interval_secs),
+                        config.loyalty.expiry_notice_days,
+                    ),
                     require_tenant,
                 ));
             }

@@ -74,10 +74,13 @@ impl ServiceKind {
     /// process or has a peer address.
     pub fn dependencies(self) -> &'static [ServiceKind] {
         match self {
-            Self::CustomerProfile | Self::Loyalty | Self::Gateway => &[],
+            Self::CustomerProfile | Self::Gateway => &[],
             Self::Interaction => &[Self::CustomerProfile],
             // Follows both event logs through their internal feeds.
             Self::Segmentation => &[Self::CustomerProfile, Self::Interaction],
+            // Earns from interaction's purchases, follows customer-profile's merges and reads
+            // profiles, checks campaign segments with segmentation.
+            Self::Loyalty => &[Self::CustomerProfile, Self::Interaction, Self::Segmentation],
         }
     }
 }
@@ -116,6 +119,18 @@ pub struct Config {
     pub idempotency_retention_hours: u64,
     pub log: LogConfig,
     pub otel: OtelConfig,
+    pub loyalty: LoyaltyConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoyaltyConfig {
+    /// How often the loyalty jobs run: pending points mature, due points expire, tiers due for
+    /// their evaluation are evaluated. Each run catches up on everything due, so a longer
+    /// interval delays these changes but loses none.
+    pub job_interval_secs: u64,
+    /// How far ahead the jobs announce points expiring soon (POINTS_EXPIRING_SOON), in days.
+    pub expiry_notice_days: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,6 +208,16 @@ impl Default for Config {
             idempotency_retention_hours: 48,
             log: LogConfig::default(),
             otel: OtelConfig::default(),
+            loyalty: LoyaltyConfig::default(),
+        }
+    }
+}
+
+impl Default for LoyaltyConfig {
+    fn default() -> Self {
+        Self {
+            job_interval_secs: 300,
+            expiry_notice_days: 30,
         }
     }
 }
@@ -322,6 +347,18 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.services.is_empty() {
             return Err(ConfigError::new("services", "at least one service must run"));
+        }
+        if self.loyalty.expiry_notice_days > 3650 {
+            return Err(ConfigError::new(
+                "loyalty.expiry_notice_days",
+                "must be at most 3650",
+            ));
+        }
+        if self.loyalty.job_interval_secs == 0 {
+            return Err(ConfigError::new(
+                "loyalty.job_interval_secs",
+                "must be at least 1",
+            ));
         }
         if let Some(url) = &self.database_url {
             check_database_url(url).map_err(|message| ConfigError::new("database_url", message))?;

@@ -8,11 +8,15 @@ use crm_proto::loyalty_v1 as pb;
 use uuid::Uuid;
 
 use crate::domain::{
-    Account, Currency, CustomerId, EarnRate, EntryKind, LedgerEntry, LotChange, LotMovement, Program,
-    Rounding, Tier, TierBasis, tier_progress,
+    Account, Basket, BasketLine, Currency, CustomerId, EarnRate, EarnSource, EntryKind, LedgerEntry,
+    LotChange, LotMovement, LoyaltyEvent, Program, Rounding, Tier, TierBasis, TierChangeReason,
+    tier_progress,
 };
 use crate::error::LoyaltyError;
+use crate::service::QuoteView;
 use crate::store::StoredProgram;
+
+pub mod catalog;
 
 /// `accounts/{customer id}` -> the customer.
 pub fn parse_account_name(name: &str, field: &str) -> Result<CustomerId, LoyaltyError> {
@@ -147,6 +151,7 @@ pub fn program_to_pb(stored: &StoredProgram) -> pb::Program {
         excluded_categories: program.excluded_categories.iter().cloned().collect(),
         referral_bonus_points: program.referral_bonus_points,
         etag: program_etag(stored.revision),
+        start_time: stored.start_time.map(timestamp),
     }
 }
 
@@ -155,11 +160,21 @@ fn saturating_i32(value: u32) -> i32 {
 }
 
 pub fn program_etag(revision: i64) -> String {
-    format!("r{revision}")
+    revision_etag(revision)
 }
 
 /// An etag -> the revision it names; `None` for an empty one (no check).
 pub fn parse_program_etag(etag: &str) -> Result<Option<i64>, LoyaltyError> {
+    parse_etag(etag, "program.etag")
+}
+
+/// The etag of a resource at `revision` (the program, a reward, a campaign).
+pub fn revision_etag(revision: i64) -> String {
+    format!("r{revision}")
+}
+
+/// An etag in `field` -> the revision it names; `None` for an empty one (no check).
+pub fn parse_etag(etag: &str, field: &str) -> Result<Option<i64>, LoyaltyError> {
     if etag.is_empty() {
         return Ok(None);
     }
@@ -167,7 +182,7 @@ pub fn parse_program_etag(etag: &str) -> Result<Option<i64>, LoyaltyError> {
         .and_then(|revision| revision.parse::<i64>().ok())
         .filter(|revision| *revision >= 0)
         .map(Some)
-        .ok_or_else(|| LoyaltyError::invalid("program.etag", "is not an etag of this program"))
+        .ok_or_else(|| LoyaltyError::invalid(field, "is not an etag this service returned"))
 }
 
 pub fn account_to_pb(account: &Account, program: Option<&Program>, at: DateTime<Utc>) -> pb::Account {
@@ -209,8 +224,25 @@ pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
 
 pub fn entry_to_pb(entry: &LedgerEntry) -> pb::LedgerEntry {
     use pb::ledger_entry::Kind;
+    let mut earn_source = String::new();
     let (kind, points, reason) = match &entry.kind {
-        EntryKind::Earn { points, .. } => (Kind::Earn, *points, String::new()),
+        EntryKind::Earn { points, source, .. } => {
+            let description = match source {
+                EarnSource::Purchase { .. } => {
+                    "purchase".clone_into(&mut earn_source);
+                    String::new()
+                }
+                EarnSource::Referral { .. } => {
+                    "referral".clone_into(&mut earn_source);
+                    String::new()
+                }
+                EarnSource::Other { source, description } => {
+                    source.clone_into(&mut earn_source);
+                    description.clone()
+                }
+            };
+            (Kind::Earn, *points, description)
+        }
         EntryKind::Redeem { points, .. } => (Kind::Redeem, *points, String::new()),
         EntryKind::CancelRedemption { points, .. } => (Kind::CancelRedemption, *points, String::new()),
         EntryKind::RefundReversal { points, .. } => (Kind::RefundReversal, *points, String::new()),
@@ -220,6 +252,7 @@ pub fn entry_to_pb(entry: &LedgerEntry) -> pb::LedgerEntry {
         EntryKind::MergeIn { .. } => (Kind::MergeIn, 0, String::new()),
         EntryKind::MergeOut { .. } => (Kind::MergeOut, 0, String::new()),
     };
+    let (reward, reward_quantity, redemption_entry_id) = catalog::entry_references(&entry.kind);
     pb::LedgerEntry {
         name: format!("{}/ledgerEntries/{}", account_name(&entry.customer), entry.id),
         entry_id: entry.id.as_str().to_owned(),
@@ -231,6 +264,10 @@ pub fn entry_to_pb(entry: &LedgerEntry) -> pb::LedgerEntry {
         debt_delta: entry.debt_delta,
         reason,
         movements: entry.movements.iter().map(movement_to_pb).collect(),
+        reward,
+        reward_quantity,
+        redemption_entry_id,
+        earn_source,
     }
 }
 
@@ -253,5 +290,134 @@ fn movement_to_pb(movement: &LotMovement) -> pb::LotMovement {
         change: change as i32,
         points: movement.points,
         pending: movement.pending,
+    }
+}
+
+/// A QuotePoints basket: every line's amount in one currency, in minor units.
+pub fn basket_from_pb(lines: &[pb::BasketLine]) -> Result<Basket, LoyaltyError> {
+    if lines.is_empty() {
+        return Err(LoyaltyError::invalid("lines", "must not be empty"));
+    }
+    let mut currency_code: Option<&str> = None;
+    let mut basket_lines = Vec::with_capacity(lines.len());
+    for (index, line) in lines.iter().enumerate() {
+        let field = format!("lines[{index}].amount");
+        let amount = line
+            .amount
+            .as_ref()
+            .ok_or_else(|| LoyaltyError::invalid(field.clone(), "is required"))?;
+        let amount_minor = crm_proto::money::to_minor_units(amount)
+            .ok_or_else(|| LoyaltyError::invalid(field.clone(), "must be an amount of a known currency"))?;
+        match currency_code {
+            Some(code) if code != amount.currency_code => {
+                return Err(LoyaltyError::invalid(
+                    format!("{field}.currency_code"),
+                    "must be the currency of the other lines",
+                ));
+            }
+            _ => currency_code = Some(&amount.currency_code),
+        }
+        let category = line.category.trim();
+        basket_lines.push(BasketLine {
+            amount_minor,
+            category: (!category.is_empty()).then(|| category.to_owned()),
+        });
+    }
+    Ok(Basket {
+        currency_code: currency_code.unwrap_or_default().to_owned(),
+        lines: basket_lines,
+    })
+}
+
+pub fn quote_to_pb(view: &QuoteView) -> pb::PointsQuote {
+    let quote = &view.quote;
+    pb::PointsQuote {
+        total_points: quote.total_points,
+        base_points: quote.base_points,
+        eligible_amount: Some(crm_proto::money::from_minor_units(
+            &view.currency_code,
+            quote.eligible_amount_minor,
+        )),
+        tier: view.tier.clone().unwrap_or_default(),
+        tier_multiplier_bp: i32::try_from(quote.tier_multiplier_bp).unwrap_or(i32::MAX),
+        first_purchase: view.is_first_purchase,
+        campaign_awards: quote
+            .campaign_awards
+            .iter()
+            .map(|award| pb::CampaignAward {
+                campaign: format!("campaigns/{}", award.campaign_id),
+                points: award.points,
+                uncapped_points: award.uncapped_points,
+            })
+            .collect(),
+    }
+}
+
+/// A domain event as the event stream carries it (its cursor and time set on reading).
+pub fn event_to_pb(event: &LoyaltyEvent) -> pb::LoyaltyEvent {
+    use pb::loyalty_event::{TierChangeReason as Reason, Type};
+    match event {
+        LoyaltyEvent::TierChanged {
+            customer,
+            from_tier,
+            to_tier,
+            reason,
+            ..
+        } => pb::LoyaltyEvent {
+            r#type: Type::TierChanged as i32,
+            account: account_name(customer),
+            from_tier: from_tier.clone().unwrap_or_default(),
+            to_tier: to_tier.clone().unwrap_or_default(),
+            tier_change_reason: match reason {
+                TierChangeReason::Earned => Reason::Earned,
+                TierChangeReason::Evaluation => Reason::Evaluation,
+                TierChangeReason::Merge => Reason::Merge,
+            } as i32,
+            ..Default::default()
+        },
+        LoyaltyEvent::PointsExpiringSoon {
+            customer,
+            points,
+            earliest_expires_at,
+            ..
+        } => pb::LoyaltyEvent {
+            r#type: Type::PointsExpiringSoon as i32,
+            account: account_name(customer),
+            points: *points,
+            earliest_expire_time: Some(timestamp(*earliest_expires_at)),
+            ..Default::default()
+        },
+        LoyaltyEvent::RedemptionMade {
+            customer,
+            entry_id,
+            points,
+            reward,
+            ..
+        } => pb::LoyaltyEvent {
+            r#type: Type::RedemptionMade as i32,
+            account: account_name(customer),
+            points: *points,
+            redemption_entry_id: entry_id.as_str().to_owned(),
+            reward: reward
+                .as_ref()
+                .map(|line| format!("rewards/{}", line.reward_id))
+                .unwrap_or_default(),
+            reward_quantity: reward
+                .as_ref()
+                .map_or(0, |line| i32::try_from(line.quantity).unwrap_or(i32::MAX)),
+            ..Default::default()
+        },
+        LoyaltyEvent::RedemptionCancelled {
+            customer,
+            redemption_entry_id,
+            points,
+            ..
+        } => pb::LoyaltyEvent {
+            r#type: Type::RedemptionCancelled as i32,
+            account: account_name(customer),
+            points: *points,
+            redemption_entry_id: redemption_entry_id.as_str().to_owned(),
+            ..Default::default()
+        },
     }
 }

@@ -18,6 +18,12 @@ pub enum LoyaltyError {
     /// The tenant has not set a program, so nothing can be earned or spent.
     #[error("the tenant has no loyalty program: set one with UpdateProgram")]
     NoProgram,
+    /// Another service of the suite failed a call loyalty depends on.
+    #[error("{service}: {status}")]
+    Peer {
+        service: &'static str,
+        status: tonic::Status,
+    },
     #[error(transparent)]
     Domain(#[from] DomainError),
     #[error(transparent)]
@@ -53,6 +59,7 @@ impl From<LoyaltyError> for ApiError {
                 reason: "NO_PROGRAM",
                 message: LoyaltyError::NoProgram.to_string(),
             },
+            LoyaltyError::Peer { service, status } => ApiError::from_peer(service, &status),
             LoyaltyError::Domain(domain) => domain_error(domain),
             LoyaltyError::Store(store) => store_error(store),
         }

@@ -12,9 +12,11 @@
 pub mod convert;
 pub mod domain;
 pub mod error;
+pub mod follower;
 pub mod grpc;
 pub mod service;
 pub mod store;
 
+pub use follower::Feeds;
 pub use grpc::LoyaltyGrpc;
 pub use store::Migrator;

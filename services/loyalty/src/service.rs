@@ -16,12 +16,28 @@ use crm_db::idempotency::RequestKey;
 use crm_proto::loyalty_v1 as pb;
 use prost::Message;
 
+mod catalog;
+mod events;
+mod follow;
+mod jobs;
+mod transaction;
+
+pub use catalog::{CatalogItem, CatalogPage};
+
+pub use follow::{
+    BatchReport, FeedChange, FeedItem, ProfileFacts, PurchaseFacts, PurchaseNeeds, QuoteView, RefundFacts,
+};
+pub use jobs::{JobReport, spawn as spawn_jobs};
+
 use crate::convert;
 use crate::domain::{
-    Account, Command, CustomerId, EntryId, EntryKind, LedgerEntry, Operation, Outcome, Program,
+    Account, CustomerId, Earn, EarnSource, EntryId, EntryKind, LedgerEntry, Operation, Program,
 };
 use crate::error::LoyaltyError;
 use crate::store::{PageOrder, Store, StoreError, StoredAccount, StoredEntry, StoredProgram};
+
+/// How far ahead points expiring soon are announced unless configured.
+pub const DEFAULT_EXPIRY_NOTICE_DAYS: u32 = 30;
 
 /// Runs of one transaction before a concurrent change is reported as UNAVAILABLE.
 const MAX_ATTEMPTS: usize = 8;
@@ -38,6 +54,10 @@ pub struct Loyalty {
     store: Store,
     cache: Arc<dyn Cache>,
     cache_ttl: Duration,
+    /// The event log subscribers read (SubscribeLoyaltyEvents).
+    outbox: crm_db::outbox::Outbox,
+    /// How far ahead the jobs announce points expiring soon.
+    expiry_notice_days: u32,
 }
 
 /// A member's account as read, with the tenant's program for its tier progress (`None` only
@@ -55,11 +75,24 @@ fn now() -> DateTime<Utc> {
 
 impl Loyalty {
     pub fn new(store: Store, cache: Arc<dyn Cache>, cache_ttl: Duration) -> Self {
+        let outbox = crm_db::outbox::Outbox::new(store.db().clone());
         Self {
             store,
             cache,
             cache_ttl,
+            outbox,
+            expiry_notice_days: DEFAULT_EXPIRY_NOTICE_DAYS,
         }
+    }
+
+    /// Announces points expiring within `days` (instead of [`DEFAULT_EXPIRY_NOTICE_DAYS`]).
+    pub fn with_expiry_notice_days(mut self, days: u32) -> Self {
+        self.expiry_notice_days = days;
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     // ---- program ----
@@ -83,15 +116,14 @@ impl Loyalty {
         program.validate()?;
         for _ in 0..MAX_ATTEMPTS {
             let txn = self.store.begin_write().await?;
-            let current = self
-                .store
-                .program(&txn, tenant)
-                .await?
-                .map(|stored| stored.revision);
+            let stored = self.store.program(&txn, tenant).await?;
+            let current = stored.as_ref().map(|stored| stored.revision);
+            let start_time = stored.map_or_else(|| Some(now()), |stored| stored.start_time);
             let revision = current.unwrap_or(0) + 1;
             let response = convert::program_to_pb(&StoredProgram {
                 program: program.clone(),
                 revision,
+                start_time,
             });
             if let Some(key) = &key {
                 let claim = key.claim(response.encode_to_vec(), String::new());
@@ -114,7 +146,11 @@ impl Loyalty {
                     resource_name: "program".into(),
                 });
             }
-            match self.store.put_program(&txn, tenant, &program, current).await {
+            match self
+                .store
+                .put_program(&txn, tenant, &program, current, start_time.unwrap_or_else(now))
+                .await
+            {
                 Ok(_) => {}
                 Err(error) if error.is_retryable() => continue,
                 Err(error) => return Err(error.into()),
@@ -182,6 +218,38 @@ impl Loyalty {
             .await
     }
 
+    /// Points for something other than a purchase, under the entry id `accrue:{request_id}`,
+    /// earned now. Returns the holder's id and the entry, the first one on a retry.
+    pub async fn accrue_points(
+        &self,
+        tenant: &str,
+        customer: &CustomerId,
+        points: i64,
+        source: String,
+        description: String,
+        request_id: &str,
+    ) -> Result<(CustomerId, LedgerEntry), LoyaltyError> {
+        let entry_id = EntryId::new(format!("accrue:{request_id}"));
+        let earned = EarnSource::Other {
+            source: source.clone(),
+            description: description.clone(),
+        };
+        let same_request = |entry: &LedgerEntry| {
+            matches!(&entry.kind, EntryKind::Earn { points: stored_points, source: stored_source, .. }
+                if *stored_points == points && *stored_source == earned)
+        };
+        let operation = Operation::Earn(Earn {
+            points,
+            earned_at: now(),
+            source: EarnSource::Other { source, description },
+            // The lot is the customer's own even on a survivor's account, so an unmerge
+            // gives it back.
+            origin_customer: Some(customer.clone()),
+        });
+        self.apply(tenant, customer, entry_id, operation, request_id, &same_request)
+            .await
+    }
+
     /// Applies one operation to the account holding `customer`'s points, opening it if the
     /// customer has none. `same_request` tells whether an entry already under `entry_id` was
     /// made by this same request (a retry) or by another one reusing its id.
@@ -194,80 +262,12 @@ impl Loyalty {
         request_id: &str,
         same_request: &(dyn Fn(&LedgerEntry) -> bool + Sync),
     ) -> Result<(CustomerId, LedgerEntry), LoyaltyError> {
-        let replay = |entry: LedgerEntry| {
-            if same_request(&entry) {
-                Ok((entry.customer.clone(), entry))
-            } else {
-                Err(LoyaltyError::RequestIdReused {
-                    request_id: request_id.to_owned(),
-                })
-            }
+        let change = transaction::FixedOperation {
+            operation,
+            same_request,
         };
-        for _ in 0..MAX_ATTEMPTS {
-            let txn = self.store.begin_write().await?;
-            let Some(program) = self.store.program(&txn, tenant).await? else {
-                return Err(LoyaltyError::NoProgram);
-            };
-            // A retry of an applied request: answer without locking any account.
-            if let Some(existing) = self.store.find_entry(&txn, tenant, &entry_id).await? {
-                return replay(existing);
-            }
-            let holder = self
-                .store
-                .resolve_holder(&txn, tenant, customer)
-                .await?
-                .unwrap_or_else(|| customer.clone());
-            let at = now();
-            let fresh = Account::new(holder.clone(), &program.program, at);
-            let mut stored = match self.store.load_or_create_account(&txn, tenant, fresh).await {
-                Ok(stored) => stored,
-                Err(error) if error.is_retryable() => continue,
-                Err(error) => return Err(error.into()),
-            };
-            // Merged between the resolution and the lock: resolve again.
-            if stored.account().merged_into().is_some() {
-                continue;
-            }
-            let command = Command {
-                entry_id: entry_id.clone(),
-                at,
-                operation: operation.clone(),
-            };
-            let entry = match stored.account_mut().apply(&program.program, command)? {
-                Outcome::Replayed { entry } => return replay(entry),
-                Outcome::NothingDue => {
-                    return Err(StoreError::corrupt("an operation of a request recorded no entry").into());
-                }
-                Outcome::Applied { entry, .. } => entry,
-            };
-            match self.store.save_account(&txn, tenant, &mut stored).await {
-                Ok(()) => {}
-                Err(StoreError::DuplicateEntry { .. }) => {
-                    txn.rollback().await.map_err(StoreError::from)?;
-                    let existing = self
-                        .store
-                        .find_entry(self.store.db(), tenant, &entry_id)
-                        .await?
-                        .ok_or_else(|| StoreError::Conflict(format!("entry {entry_id} vanished")))?;
-                    return replay(existing);
-                }
-                Err(error) if error.is_retryable() => continue,
-                Err(error) => return Err(error.into()),
-            }
-            match txn.commit().await {
-                Ok(()) => {}
-                Err(error) => {
-                    let error = StoreError::from(error);
-                    if error.is_retryable() {
-                        continue;
-                    }
-                    return Err(error.into());
-                }
-            }
-            self.publish_hot(tenant, &stored).await;
-            return Ok((holder, entry));
-        }
-        Err(gave_up())
+        self.apply_change(tenant, customer, entry_id, request_id, &change)
+            .await
     }
 
     /// Writes the member's balance and tier into the customer's hot-score hash, over an older
