@@ -376,6 +376,44 @@ async fn redelivered_events_change_nothing(suite: &mut Suite, tenant: &str, want
     }
 }
 
+/// Erasing Cat in customer-profile: her account no longer answers to her id, Ben's points
+/// (some earned for her while merged) are untouched, her hot-score hash loses its points.
+async fn erasure(suite: &Suite, tenant: &str, want: &[(String, i64)]) {
+    let mut profiles: Profiles = suite.profile_client().await;
+    let loyalty = suite.loyalty_client().await;
+    let (ben, cat) = (&want[1].0, &want[2].0);
+    profiles
+        .erase_customer(with_tenant(
+            tenant,
+            profile::EraseCustomerRequest {
+                name: cat.clone(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    eventually("Cat's account no longer answers to her", WAIT, || {
+        let mut loyalty = loyalty.clone();
+        let (tenant, cat) = (tenant.to_owned(), cat.clone());
+        async move { account(&mut loyalty, &tenant, &cat).await.is_none() }
+    })
+    .await;
+    let mut loyalty = loyalty;
+    assert_eq!(balance(&mut loyalty, tenant, ben).await, Some(want[1].1));
+    if let Backend::Production { redis_url, .. } = &suite.backend {
+        let redis = redis::Client::open(redis_url.as_str()).unwrap();
+        let mut connection = redis.get_multiplexed_async_connection().await.unwrap();
+        let key = format!("crm:score:{{{tenant}/{}}}", id_of(cat));
+        let points: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("points")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert_eq!(points, None, "{key}");
+    }
+}
+
 /// The flags to restart the process at `index` with: its role, its address, its peers.
 fn loyalty_args(suite: &Suite, index: usize) -> Vec<String> {
     let process = &suite.processes[index];
@@ -808,6 +846,7 @@ async fn run(topology: Topology, backend: Backend) {
     campaigns_quotes_and_other_sources(&suite).await;
     let (tenant, want) = earning(&suite).await;
     redelivered_events_change_nothing(&mut suite, &tenant, &want).await;
+    erasure(&suite, &tenant, &want).await;
     if topology == Topology::Split {
         killed_during_accruals(&mut suite).await;
     }

@@ -179,6 +179,7 @@ async fn follow_customer_events(service: &Loyalty, feeds: &Feeds) -> Result<(), 
             event_types: [
                 profile::customer_event::Type::Merged,
                 profile::customer_event::Type::Unmerged,
+                profile::customer_event::Type::Erased,
             ]
             .iter()
             .map(|kind| kind.as_str_name().to_owned())
@@ -352,6 +353,14 @@ fn customer_change(event: &internal::FeedEvent) -> Result<FeedChange, FollowErro
         Ok(Type::Unmerged) => FeedChange::Unmerged {
             survivor: customer_of(&decoded.customer)?,
             restored: others()?,
+        },
+        Ok(Type::Erased) => FeedChange::Erased {
+            customer: customer_of(&decoded.customer)?,
+            // A bare id (`anon-…`), not a resource name: nothing can be looked up by it.
+            pseudonym: Some(decoded.pseudonym.trim())
+                .filter(|pseudonym| !pseudonym.is_empty() && !pseudonym.contains('/'))
+                .map(CustomerId::from)
+                .ok_or_else(|| FollowError::Corrupt(format!("erasure pseudonym {:?}", decoded.pseudonym)))?,
         },
         _ => FeedChange::Nothing,
     })

@@ -294,6 +294,22 @@ impl Loyalty {
             .await;
     }
 
+    /// Removes the loyalty fields from an erased customer's hot-score hash, for good: the
+    /// highest revision, so no late write of an older state brings them back.
+    async fn forget_hot(&self, tenant: &str, customer: &CustomerId) {
+        let key = customer_key("score", tenant, customer.as_str());
+        self.cache
+            .hash_update_if_newer(
+                &key,
+                HOT_REVISION_FIELD,
+                i64::MAX,
+                &[],
+                &[HOT_POINTS_FIELD, HOT_TIER_FIELD],
+                self.cache_ttl,
+            )
+            .await;
+    }
+
     /// A page of `customer`'s own ledger; NOT_FOUND without an account.
     pub async fn ledger_page(
         &self,

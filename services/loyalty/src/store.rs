@@ -30,6 +30,7 @@ mod accounts;
 mod catalog;
 mod codec;
 mod entities;
+mod erasure;
 mod follow;
 pub mod migrations;
 

@@ -405,3 +405,120 @@ async fn jobs_mature_expire_and_evaluate_tiers() {
         drop_schema(test).await;
     }
 }
+
+#[tokio::test]
+async fn erasure_keeps_the_ledger_under_a_pseudonym() {
+    let dir = tempfile::tempdir().unwrap();
+    for test in services(dir.path()).await {
+        let service = &test.service;
+        let label = test.label;
+        service
+            .update_program(TENANT, program(), None, None)
+            .await
+            .unwrap();
+        let bought = Utc::now();
+        let (ann, ben) = ("cust-ann-0001", "cust-ben-0002");
+        let mut referred = purchase(2, "e1", ben, 2_000, bought);
+        if let FeedChange::Purchase(facts) = &mut referred.change {
+            facts.profile = Some(crm_loyalty::service::ProfileFacts {
+                referrer: Some(CustomerId::from(ann)),
+                birthday: None,
+            });
+        }
+        let mut with_referral = program();
+        with_referral.referral_bonus_points = 5;
+        service
+            .update_program(TENANT, with_referral, None, None)
+            .await
+            .unwrap();
+        service
+            .apply_feed(SOURCE, &[purchase(1, "e0", ann, 1_000, bought), referred])
+            .await
+            .unwrap();
+        assert_eq!(state(service, ann).await.1, 15, "{label}");
+        assert_eq!(state(service, ben).await.1, 20, "{label}");
+        let merged = FeedItem {
+            position: 1,
+            tenant: TENANT.into(),
+            change: FeedChange::Merged {
+                survivor: CustomerId::from(ann),
+                merged: vec![CustomerId::from(ben)],
+            },
+        };
+        service.apply_feed("customer-profile", &[merged]).await.unwrap();
+        // Ann: 10 + the referral's 5 + Ben's 20.
+        assert_eq!(state(service, ann).await.1, 35, "{label}");
+
+        let erased = FeedItem {
+            position: 2,
+            tenant: TENANT.into(),
+            change: FeedChange::Erased {
+                customer: CustomerId::from(ben),
+                pseudonym: CustomerId::from("anon-ben"),
+            },
+        };
+        let report = service
+            .apply_feed("customer-profile", std::slice::from_ref(&erased))
+            .await
+            .unwrap();
+        assert_eq!(report.applied, 1, "{label}");
+        // Nothing answers to Ben any more; Ann's points are all there, under the pseudonym.
+        assert!(
+            service.account(TENANT, &CustomerId::from(ben)).await.is_err(),
+            "{label}"
+        );
+        assert_eq!(state(service, ann).await.1, 35, "{label}");
+        let view = service.account(TENANT, &CustomerId::from(ann)).await.unwrap();
+        let mut mentions = Vec::new();
+        let mut accounts = vec![&view.account];
+        while let Some(account) = accounts.pop() {
+            mentions.push(account.customer().to_string());
+            for entry in account.entries() {
+                mentions.push(format!("{} {:?}", entry.id, entry.kind));
+            }
+            for lot in account.lots() {
+                mentions.push(lot.origin_customer.to_string());
+            }
+            accounts.extend(account.absorbed());
+        }
+        let all = mentions.join("\n");
+        assert!(!all.contains(ben), "{label}: {all}");
+        assert!(all.contains("anon-ben"), "{label}: {all}");
+        let db = service.store().db();
+        let named = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                format!(
+                    "SELECT (SELECT COUNT(*) FROM accounts WHERE customer_id = '{ben}' OR merged_into = '{ben}') \
+                     + (SELECT COUNT(*) FROM lots WHERE customer_id = '{ben}' OR origin_customer = '{ben}') \
+                     + (SELECT COUNT(*) FROM ledger_entries WHERE customer_id = '{ben}' OR entry_id LIKE '%{ben}%') \
+                     + (SELECT COUNT(*) FROM first_purchases WHERE customer_id = '{ben}') AS named"
+                ),
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get::<i64>("", "named")
+            .unwrap();
+        assert_eq!(named, 0, "{label}");
+
+        // Delivered again: nothing left to rename. Ann goes on earning.
+        let mut again = erased;
+        again.position = 3;
+        assert_eq!(
+            service
+                .apply_feed("customer-profile", &[again])
+                .await
+                .unwrap()
+                .replayed,
+            1,
+            "{label}"
+        );
+        service
+            .apply_feed(SOURCE, &[purchase(5, "e2", ann, 1_000, bought)])
+            .await
+            .unwrap();
+        assert_eq!(state(service, ann).await.1, 45, "{label}");
+        drop_schema(test).await;
+    }
+}

@@ -223,6 +223,38 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    /// Replaces every mention of customer `from` (whose purchase it was, who was referred, the
+    /// other side of a merge) with `to`: erasure keeps the ledger under a pseudonym.
+    pub fn rename_customer(&mut self, from: &CustomerId, to: &CustomerId) {
+        let rename = |customer: &mut CustomerId| {
+            if customer == from {
+                *customer = to.clone();
+            }
+        };
+        match self {
+            Self::Earn {
+                origin_customer,
+                source,
+                ..
+            } => {
+                rename(origin_customer);
+                if let EarnSource::Referral {
+                    referred_customer, ..
+                } = source
+                {
+                    rename(referred_customer);
+                }
+            }
+            Self::MergeIn { counterpart, .. } | Self::MergeOut { counterpart, .. } => rename(counterpart),
+            Self::Redeem { .. }
+            | Self::CancelRedemption { .. }
+            | Self::RefundReversal { .. }
+            | Self::Expiry
+            | Self::Maturity
+            | Self::Adjust { .. } => {}
+        }
+    }
+
     /// The stable name of the kind (for storage and for replay checks).
     pub fn name(&self) -> &'static str {
         match self {

@@ -46,6 +46,11 @@ pub enum FeedChange {
         survivor: CustomerId,
         restored: Vec<CustomerId>,
     },
+    /// The customer's personal data was erased: its records stay under `pseudonym`.
+    Erased {
+        customer: CustomerId,
+        pseudonym: CustomerId,
+    },
     /// An event that changes nothing here; its position still moves the cursor.
     Nothing,
 }
@@ -170,14 +175,50 @@ impl Loyalty {
                 by_tenant.entry(item.tenant.as_str()).or_default().push(item);
             }
             let mut result = Ok(());
-            for (tenant, items) in by_tenant {
-                match self.apply_tenant_items(&txn, tenant, &items, &mut report).await {
-                    Ok(accounts) => {
-                        touched.extend(accounts.into_iter().map(|account| (tenant.to_owned(), account)))
+            let mut erased: Vec<(String, CustomerId)> = Vec::new();
+            'tenants: for (tenant, items) in by_tenant {
+                // An erasure renames rows under the accounts a run of events has loaded, so
+                // the events before it are applied and saved first, and those after it load
+                // afresh.
+                for run in items.split_inclusive(|item| matches!(item.change, FeedChange::Erased { .. })) {
+                    let (events, erasure) = match run.split_last() {
+                        Some((last, before)) if matches!(last.change, FeedChange::Erased { .. }) => {
+                            (before, Some(*last))
+                        }
+                        _ => (run, None),
+                    };
+                    match self.apply_tenant_items(&txn, tenant, events, &mut report).await {
+                        Ok(accounts) => {
+                            touched.extend(accounts.into_iter().map(|account| (tenant.to_owned(), account)))
+                        }
+                        Err(error) => {
+                            result = Err(error);
+                            break 'tenants;
+                        }
                     }
-                    Err(error) => {
-                        result = Err(error);
-                        break;
+                    let Some(FeedItem {
+                        change: FeedChange::Erased { customer, pseudonym },
+                        ..
+                    }) = erasure
+                    else {
+                        continue;
+                    };
+                    match self.store.pseudonymize(&txn, tenant, customer, pseudonym).await {
+                        Ok(true) => {
+                            report.applied += 1;
+                            erased.push((tenant.to_owned(), customer.clone()));
+                            // Hot hashes of accounts a batch changed before the erasure
+                            // would name the customer: they are written under the pseudonym
+                            // by their next change.
+                            touched.retain(|(_, account)| {
+                                account.account().customers().iter().all(|held| *held != customer)
+                            });
+                        }
+                        Ok(false) => report.replayed += 1,
+                        Err(error) => {
+                            result = Err(error);
+                            break 'tenants;
+                        }
                     }
                 }
             }
@@ -203,6 +244,9 @@ impl Loyalty {
             self.events_committed();
             for (tenant, account) in &touched {
                 self.publish_hot(tenant, account).await;
+            }
+            for (tenant, customer) in &erased {
+                self.forget_hot(tenant, customer).await;
             }
             return Ok(report);
         }
@@ -252,7 +296,7 @@ impl Loyalty {
                     customers.insert(survivor.clone());
                     customers.extend(restored.iter().cloned());
                 }
-                FeedChange::Nothing => {}
+                FeedChange::Nothing | FeedChange::Erased { .. } => {}
             }
         }
         let mut firsts = self.store.first_purchases(txn, tenant, &buyers).await?;
@@ -365,7 +409,8 @@ impl Loyalty {
                     }
                     done
                 }
-                (FeedChange::Nothing, _) => Applied::Skipped,
+                // Handled by apply_feed between runs of other events.
+                (FeedChange::Nothing | FeedChange::Erased { .. }, _) => Applied::Skipped,
             };
             match applied {
                 Applied::Done { .. } => report.applied += 1,
