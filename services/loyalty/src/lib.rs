@@ -4,10 +4,11 @@
 //! [`domain`] (lots, ledger operations, tiers, campaigns, rewards, merge and unmerge, checked
 //! against a reference model by a proptest state machine), the [`store`] (accounts locked per
 //! operation, ledger entries unique per tenant, stock and campaign budgets decremented
-//! atomically), the [`service`] (one transaction per request, retried on concurrent change,
-//! balance and tier to the hot-score hash after commit) and the first RPCs (program, accounts,
-//! adjustments, the ledger). Earning from purchase events, rewards, campaigns, referrals,
-//! quotes, the customer-event follower, the jobs and the event stream come next.
+//! atomically, batches of members loaded and saved together), the [`service`] (one
+//! transaction per request or per batch of feed events, retried on concurrent change, events
+//! to the outbox in the same transaction, balance and tier to the hot-score hash after
+//! commit; the jobs), the [`follower`] of interaction's purchases and refunds and
+//! customer-profile's merges, unmerges and erasures, and the [`grpc`] service.
 
 pub mod convert;
 pub mod domain;
