@@ -146,25 +146,17 @@ impl Loyalty {
                     resource_name: "program".into(),
                 });
             }
-            match self
+            let put = self
                 .store
                 .put_program(&txn, tenant, &program, current, start_time.unwrap_or_else(now))
-                .await
-            {
-                Ok(_) => {}
-                Err(error) if error.is_retryable() => continue,
-                Err(error) => return Err(error.into()),
+                .await;
+            if retryable(put)?.is_none() {
+                continue;
             }
-            match txn.commit().await {
-                Ok(()) => return Ok(response),
-                Err(error) => {
-                    let error = StoreError::from(error);
-                    if error.is_retryable() {
-                        continue;
-                    }
-                    return Err(error.into());
-                }
+            if !commit(txn).await? {
+                continue;
             }
+            return Ok(response);
         }
         Err(gave_up())
     }
@@ -328,6 +320,21 @@ impl Loyalty {
             .entries_page(db, tenant, customer, after_seq, limit, order)
             .await?)
     }
+}
+
+/// A store step of a retried transaction: its value, `None` when a concurrent change makes
+/// running the whole transaction again worthwhile, the error otherwise.
+fn retryable<T>(result: Result<T, StoreError>) -> Result<Option<T>, LoyaltyError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(error) if error.is_retryable() => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Commits; `false` when a concurrent change failed the commit (run the transaction again).
+async fn commit(txn: sea_orm::DatabaseTransaction) -> Result<bool, LoyaltyError> {
+    Ok(retryable(txn.commit().await.map_err(StoreError::from))?.is_some())
 }
 
 fn account_not_found(customer: &CustomerId) -> LoyaltyError {

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use super::{Loyalty, gave_up, now};
+use super::{Loyalty, commit, gave_up, now, retryable};
 use crate::domain::{
     Account, Basket, BasketLine, Birthday, Campaign, CampaignAward, Command, CustomerId, EarnContext,
     EarnQuote, EarnSource, EntryId, EntryKind, LotId, LoyaltyEvent, MergeCommand, MergeOutcome, Operation,
@@ -226,20 +226,11 @@ impl Loyalty {
                 Ok(()) => self.store.set_feed_cursor(&txn, source, last).await,
                 Err(error) => Err(error),
             };
-            match result {
-                Ok(()) => {}
-                Err(error) if error.is_retryable() => continue,
-                Err(error) => return Err(error.into()),
+            if retryable(result)?.is_none() {
+                continue;
             }
-            match txn.commit().await {
-                Ok(()) => {}
-                Err(error) => {
-                    let error = StoreError::from(error);
-                    if error.is_retryable() {
-                        continue;
-                    }
-                    return Err(error.into());
-                }
+            if !commit(txn).await? {
+                continue;
             }
             self.events_committed();
             for (tenant, account) in &touched {

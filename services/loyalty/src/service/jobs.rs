@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Months, Utc};
 
-use super::{Loyalty, MAX_ATTEMPTS, gave_up, now};
+use super::{Loyalty, MAX_ATTEMPTS, commit, gave_up, now, retryable};
 use crate::domain::{
     Account, Command, CustomerId, DomainError, EntryId, ExpiringLot, LoyaltyEvent, Operation, Outcome,
     Program,
@@ -176,20 +176,11 @@ impl Loyalty {
                 }
                 Err(error) => Err(error),
             };
-            match moved {
-                Ok(()) => {}
-                Err(error) if error.is_retryable() => continue,
-                Err(error) => return Err(error.into()),
+            if retryable(moved)?.is_none() {
+                continue;
             }
-            match txn.commit().await {
-                Ok(()) => {}
-                Err(error) => {
-                    let error = StoreError::from(error);
-                    if error.is_retryable() {
-                        continue;
-                    }
-                    return Err(error.into());
-                }
+            if !commit(txn).await? {
+                continue;
             }
             self.events_committed();
             return Ok(events.len());
@@ -209,10 +200,8 @@ impl Loyalty {
     ) -> Result<usize, LoyaltyError> {
         for _ in 0..MAX_ATTEMPTS {
             let txn = self.store.begin_write().await?;
-            let mut accounts = match self.store.load_accounts(&txn, tenant, holders).await {
-                Ok(accounts) => accounts,
-                Err(error) if error.is_retryable() => continue,
-                Err(error) => return Err(error.into()),
+            let Some(mut accounts) = retryable(self.store.load_accounts(&txn, tenant, holders).await)? else {
+                continue;
             };
             let mut changed: Vec<&mut StoredAccount> = Vec::new();
             let mut events = Vec::new();
@@ -230,20 +219,11 @@ impl Loyalty {
                 Ok(()) => self.record_events(&txn, tenant, &events).await,
                 Err(error) => Err(error),
             };
-            match saved {
-                Ok(()) => {}
-                Err(error) if error.is_retryable() => continue,
-                Err(error) => return Err(error.into()),
+            if retryable(saved)?.is_none() {
+                continue;
             }
-            match txn.commit().await {
-                Ok(()) => {}
-                Err(error) => {
-                    let error = StoreError::from(error);
-                    if error.is_retryable() {
-                        continue;
-                    }
-                    return Err(error.into());
-                }
+            if !commit(txn).await? {
+                continue;
             }
             if !events.is_empty() {
                 self.events_committed();

@@ -11,7 +11,7 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction};
 
-use super::{Loyalty, MAX_ATTEMPTS, account_not_found, gave_up, now};
+use super::{Loyalty, MAX_ATTEMPTS, account_not_found, commit, gave_up, now};
 use crate::domain::{Account, Command, CustomerId, EntryId, LedgerEntry, Operation, Outcome};
 use crate::error::LoyaltyError;
 use crate::store::{Store, StoreError};
@@ -166,15 +166,8 @@ impl Loyalty {
                 Err(error) if error.is_retryable() => continue,
                 Err(error) => return Err(error.into()),
             }
-            match txn.commit().await {
-                Ok(()) => {}
-                Err(error) => {
-                    let error = StoreError::from(error);
-                    if error.is_retryable() {
-                        continue;
-                    }
-                    return Err(error.into());
-                }
+            if !commit(txn).await? {
+                continue;
             }
             if !events.is_empty() {
                 self.events_committed();

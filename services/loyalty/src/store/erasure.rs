@@ -3,10 +3,10 @@
 //! becomes the pseudonym customer-profile chose for it.
 
 use sea_orm::entity::prelude::*;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func};
-use sea_orm::{DatabaseTransaction, QueryOrder, QuerySelect};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, Query};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, QueryOrder, QuerySelect};
 
-use super::entities::{account, cancellation, entry, first_purchase, lot};
+use super::entities::{account, entry};
 use super::{Store, StoreError, codec};
 use crate::domain::CustomerId;
 
@@ -35,76 +35,15 @@ impl Store {
         self.load_accounts(txn, tenant, &locked).await?;
 
         let mut changed = 0;
-        changed += rename_column(
-            txn,
-            tenant,
-            account::Entity,
-            account::Column::TenantId,
-            account::Column::CustomerId,
-            from,
-            to,
-        )
-        .await?;
-        changed += rename_column(
-            txn,
-            tenant,
-            account::Entity,
-            account::Column::TenantId,
-            account::Column::MergedInto,
-            from,
-            to,
-        )
-        .await?;
-        changed += rename_column(
-            txn,
-            tenant,
-            lot::Entity,
-            lot::Column::TenantId,
-            lot::Column::CustomerId,
-            from,
-            to,
-        )
-        .await?;
-        changed += rename_column(
-            txn,
-            tenant,
-            lot::Entity,
-            lot::Column::TenantId,
-            lot::Column::OriginCustomer,
-            from,
-            to,
-        )
-        .await?;
-        changed += rename_column(
-            txn,
-            tenant,
-            entry::Entity,
-            entry::Column::TenantId,
-            entry::Column::CustomerId,
-            from,
-            to,
-        )
-        .await?;
-        changed += rename_column(
-            txn,
-            tenant,
-            cancellation::Entity,
-            cancellation::Column::TenantId,
-            cancellation::Column::CustomerId,
-            from,
-            to,
-        )
-        .await?;
-        changed += rename_column(
-            txn,
-            tenant,
-            first_purchase::Entity,
-            first_purchase::Column::TenantId,
-            first_purchase::Column::CustomerId,
-            from,
-            to,
-        )
-        .await?;
+        for (table, column) in NAMING_COLUMNS {
+            let rename = Query::update()
+                .table(Alias::new(table))
+                .value(Alias::new(column), to)
+                .and_where(Expr::col(Alias::new("tenant_id")).eq(tenant))
+                .and_where(Expr::col(Alias::new(column)).eq(from))
+                .to_owned();
+            changed += txn.execute(&rename).await?.rows_affected();
+        }
         // Ids the jobs made name the account (`maturity:{customer}:{time}`).
         changed += entry::Entity::update_many()
             .col_expr(
@@ -203,24 +142,16 @@ impl Store {
     }
 }
 
-/// `UPDATE table SET column = to WHERE tenant = tenant AND column = from`; rows changed.
-async fn rename_column<E: EntityTrait>(
-    txn: &DatabaseTransaction,
-    tenant: &str,
-    _entity: E,
-    tenant_column: E::Column,
-    column: E::Column,
-    from: &str,
-    to: &str,
-) -> Result<u64, StoreError> {
-    Ok(E::update_many()
-        .col_expr(column, Expr::value(to))
-        .filter(tenant_column.eq(tenant))
-        .filter(column.eq(from))
-        .exec(txn)
-        .await?
-        .rows_affected)
-}
+/// The columns that name a customer, by table.
+const NAMING_COLUMNS: [(&str, &str); 7] = [
+    ("accounts", "customer_id"),
+    ("accounts", "merged_into"),
+    ("lots", "customer_id"),
+    ("lots", "origin_customer"),
+    ("ledger_entries", "customer_id"),
+    ("redemption_cancellations", "customer_id"),
+    ("first_purchases", "customer_id"),
+];
 
 /// Rows per page of the scan for mentions.
 const SCAN_PAGE: u64 = 1000;
