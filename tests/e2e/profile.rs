@@ -1027,6 +1027,91 @@ async fn list_search_duplicates_delete_and_import(client: &mut Client) {
     assert_eq!(alpha.display_name, "Alpha Limited");
 }
 
+/// BatchGetCustomers answers in the order asked, a merged-away name with its survivor (also
+/// two merges deep), and fails whole naming the first missing, deleted or foreign name.
+async fn batch_get_resolves_like_get(client: &mut Client) {
+    let tenant = unique_tenant("batchget");
+    let mut names = Vec::new();
+    for index in 0..300 {
+        let customer = create(
+            client,
+            &tenant,
+            crm_tests::new_customer(CustomerKind::Consumer, &format!("Batch {index}")),
+        )
+        .await;
+        names.push(customer.name);
+    }
+    // 1 into 0, then 0 into 2: both resolve to 2. 3 is deleted.
+    for (survivor, merged) in [(0, 1), (2, 0)] {
+        client
+            .merge_customers(with_tenant(
+                &tenant,
+                MergeCustomersRequest {
+                    survivor: names[survivor].clone(),
+                    merged: vec![names[merged].clone()],
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    client
+        .delete_customer(with_tenant(
+            &tenant,
+            DeleteCustomerRequest {
+                name: names[3].clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let batch = |names: Vec<String>| BatchGetCustomersRequest { names };
+    let mut asked: Vec<String> = names[4..].iter().rev().cloned().collect();
+    asked.extend([
+        names[1].clone(),
+        names[0].clone(),
+        names[2].clone(),
+        names[5].clone(),
+    ]);
+    let found = client
+        .batch_get_customers(with_tenant(&tenant, batch(asked.clone())))
+        .await
+        .unwrap()
+        .into_inner()
+        .customers;
+    let got: Vec<&str> = found.iter().map(|customer| customer.name.as_str()).collect();
+    let mut want: Vec<&str> = names[4..].iter().rev().map(String::as_str).collect();
+    want.extend([
+        names[2].as_str(),
+        names[2].as_str(),
+        names[2].as_str(),
+        names[5].as_str(),
+    ]);
+    assert_eq!(got, want);
+    for (one, name) in found.iter().zip(&asked).take(5) {
+        assert_eq!(*one, get(client, &tenant, name).await.unwrap());
+    }
+    for missing in [names[3].clone(), format!("customers/{}", uuid::Uuid::now_v7())] {
+        let status = client
+            .batch_get_customers(with_tenant(
+                &tenant,
+                batch(vec![names[4].clone(), missing.clone()]),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(status.message().contains(&missing), "{status:?}");
+    }
+    let foreign = client
+        .batch_get_customers(with_tenant(
+            &unique_tenant("other"),
+            batch(vec![names[4].clone()]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(foreign.code(), Code::NotFound);
+}
+
 async fn run(backend: Backend) {
     let suite = Suite::start(crm(), Topology::OneProcess, backend).await;
     let mut client = suite.profile_client().await;
@@ -1037,6 +1122,7 @@ async fn run(backend: Backend) {
     erasure_leaves_nothing_personal(&mut client).await;
     a_resumed_subscriber_sees_every_event_once(&client).await;
     list_search_duplicates_delete_and_import(&mut client).await;
+    batch_get_resolves_like_get(&mut client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
