@@ -43,6 +43,11 @@ async fn a_bad_config_names_the_key_and_exits_2() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("peers.customer_profile"), "{stderr}");
 
+    // Loyalty follows customer-profile and interaction and checks segments with segmentation.
+    let (code, _, stderr) = config_check(&[], &["--services", "loyalty"]).await;
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("peers.customer_profile"), "{stderr}");
+
     let (code, _, stderr) = config_check(&[], &["--services", "billing"]).await;
     assert_eq!(code, Some(2));
     assert!(stderr.contains("billing"), "{stderr}");
@@ -69,7 +74,7 @@ async fn a_bad_config_names_the_key_and_exits_2() {
 #[tokio::test]
 async fn config_print_shows_the_effective_values_without_passwords() {
     let output = crm_command(crm())
-        .args(["config", "print", "--services", "loyalty"])
+        .args(["config", "print", "--services", "customer-profile"])
         .env("DATABASE_URL", "postgres://crm:hunter2@db:5432/crm")
         .env("CRM_CACHE__TTL_SECS", "42")
         .output()
@@ -78,7 +83,7 @@ async fn config_print_shows_the_effective_values_without_passwords() {
     assert_eq!(output.status.code(), Some(0));
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(printed.contains("ttl_secs = 42"), "{printed}");
-    assert!(printed.contains("services = [\"loyalty\"]"), "{printed}");
+    assert!(printed.contains("services = [\"customer-profile\"]"), "{printed}");
     assert!(!printed.contains("hunter2"), "{printed}");
 }
 

@@ -1,7 +1,7 @@
 use sea_orm_migration::prelude::*;
 
 /// The cursors of the feeds a service follows. `if_not_exists`: segmentation created the same
-/// table in its own first migration.
+/// table in its own first migration (with a 64-character source, enough for its feeds).
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -20,9 +20,10 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(FeedCursors::Table)
                     .if_not_exists()
+                    // Text: a source may name a tenant (loyalty's `expiring-soon/{tenant}`).
                     .col(
                         ColumnDef::new(FeedCursors::Source)
-                            .string_len(64)
+                            .text()
                             .not_null()
                             .primary_key(),
                     )
