@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use crm_cache::{Cache, customer_key};
+use crm_cache::{Cache, VersionedUpdate, customer_key};
 use crm_db::idempotency::RequestKey;
 use crm_proto::loyalty_v1 as pb;
 use prost::Message;
@@ -265,25 +265,41 @@ impl Loyalty {
     /// Writes the member's balance and tier into the customer's hot-score hash, over an older
     /// revision only (a slower writer of an earlier state cannot overwrite a newer one).
     async fn publish_hot(&self, tenant: &str, stored: &StoredAccount) {
-        let Some(revision) = stored.revision() else {
-            return;
-        };
-        let account = stored.account();
-        let key = customer_key("score", tenant, account.customer().as_str());
-        let points = account.balance().to_string().into_bytes();
-        let (set, delete): (Vec<(&str, Vec<u8>)>, &[&str]) = match account.tier() {
-            Some(tier) => (
-                vec![
-                    (HOT_POINTS_FIELD, points),
-                    (HOT_TIER_FIELD, tier.as_bytes().to_vec()),
-                ],
-                &[],
-            ),
-            None => (vec![(HOT_POINTS_FIELD, points)], &[HOT_TIER_FIELD]),
-        };
-        self.cache
-            .hash_update_if_newer(&key, HOT_REVISION_FIELD, revision, &set, delete, self.cache_ttl)
-            .await;
+        self.publish_hot_many(std::iter::once((tenant, stored))).await;
+    }
+
+    /// [`Self::publish_hot`] for many accounts in one cache round trip (a feed batch or a
+    /// job's page touches hundreds).
+    async fn publish_hot_many<'a>(&self, accounts: impl IntoIterator<Item = (&'a str, &'a StoredAccount)>) {
+        let updates: Vec<VersionedUpdate<'_>> = accounts
+            .into_iter()
+            .filter_map(|(tenant, stored)| {
+                let version = stored.revision()?;
+                let account = stored.account();
+                let points = account.balance().to_string().into_bytes();
+                let (set, delete): (Vec<(&str, Vec<u8>)>, &[&str]) = match account.tier() {
+                    Some(tier) => (
+                        vec![
+                            (HOT_POINTS_FIELD, points),
+                            (HOT_TIER_FIELD, tier.as_bytes().to_vec()),
+                        ],
+                        &[],
+                    ),
+                    None => (vec![(HOT_POINTS_FIELD, points)], &[HOT_TIER_FIELD]),
+                };
+                Some(VersionedUpdate {
+                    key: customer_key("score", tenant, account.customer().as_str()),
+                    version,
+                    set,
+                    delete,
+                })
+            })
+            .collect();
+        if !updates.is_empty() {
+            self.cache
+                .hash_update_many_if_newer(HOT_REVISION_FIELD, &updates, self.cache_ttl)
+                .await;
+        }
     }
 
     /// Removes the loyalty fields from an erased customer's hot-score hash, for good: the

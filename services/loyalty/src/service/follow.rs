@@ -233,9 +233,8 @@ impl Loyalty {
                 continue;
             }
             self.events_committed();
-            for (tenant, account) in &touched {
-                self.publish_hot(tenant, account).await;
-            }
+            self.publish_hot_many(touched.iter().map(|(tenant, account)| (tenant.as_str(), account)))
+                .await;
             for (tenant, customer) in &erased {
                 self.forget_hot(tenant, customer).await;
             }

@@ -228,12 +228,13 @@ impl Loyalty {
             if !events.is_empty() {
                 self.events_committed();
             }
-            for stored in accounts
-                .values()
-                .filter(|stored| stored.account().merged_into().is_none())
-            {
-                self.publish_hot(tenant, stored).await;
-            }
+            self.publish_hot_many(
+                accounts
+                    .values()
+                    .filter(|stored| stored.account().merged_into().is_none())
+                    .map(|stored| (tenant, stored)),
+            )
+            .await;
             return Ok(count);
         }
         Err(gave_up())
