@@ -381,7 +381,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
                 .await?
                 .ok_or_else(|| ProfileError::not_found(domain::customer_name(id)))?;
             match resolved(id, customer)? {
-                Resolved::Found(customer) => return Ok(customer),
+                Resolved::Found(customer) => return Ok(*customer),
                 Resolved::MergedInto(survivor) => current = survivor,
             }
         }
@@ -419,7 +419,7 @@ impl<S: CustomerStore> CustomerProfile<S> {
                         .cloned()
                         .ok_or_else(|| ProfileError::not_found(domain::customer_name(*id)))?;
                     match resolved(*id, customer)? {
-                        Resolved::Found(customer) => return Ok(customer),
+                        Resolved::Found(customer) => return Ok(*customer),
                         Resolved::MergedInto(survivor) => current = survivor,
                     }
                 }
@@ -1436,7 +1436,7 @@ const MAX_MERGE_CHAIN: usize = 8;
 
 /// What a stored record means for a read of `asked`.
 enum Resolved {
-    Found(Customer),
+    Found(Box<Customer>),
     MergedInto(Uuid),
 }
 
@@ -1446,7 +1446,7 @@ fn resolved(asked: Uuid, customer: Customer) -> Result<Resolved, ProfileError> {
         (RecordState::Deleted, _) | (RecordState::Merged, None) => {
             Err(ProfileError::not_found(domain::customer_name(asked)))
         }
-        _ => Ok(Resolved::Found(customer)),
+        _ => Ok(Resolved::Found(Box::new(customer))),
     }
 }
 
