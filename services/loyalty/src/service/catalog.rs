@@ -480,9 +480,15 @@ impl AccountChange for Redemption<'_> {
             .reward;
         // The account is locked, so no other redemption of this member commits between this
         // count and this redemption's commit: the limit cannot be overrun by racing requests.
-        let redeemed = store
-            .redeemed_units(txn, tenant, &account.customers(), self.reward_id)
-            .await?;
+        // Without a limit there is nothing to count (a long history would make it costly).
+        let redeemed = match reward.per_member_limit {
+            Some(_) => {
+                store
+                    .redeemed_units(txn, tenant, &account.customers(), self.reward_id)
+                    .await?
+            }
+            None => 0,
+        };
         let points = can_redeem(&reward, redeemed, self.quantity, account.spendable_balance(at))?;
         // The stock read above only orders the refusals; this guarded decrement is what never
         // oversells (members' redemptions of one reward do not share a lock).
