@@ -8,6 +8,8 @@
 //! - [`workloads`]: setup and callers of each customer-profile workload;
 //! - [`purchases`]: the interaction workloads (ingest against `\copy`, unary purchases);
 //! - [`hot_scores`]: how soon a purchase shows in the hot-score hash under load;
+//! - [`loyalty`]: loyalty's catch-up on purchases and redemptions under contention, on a split
+//!   suite of its own;
 //! - [`report`]: the table;
 //! - [`recompute`]: the parts of `crm-recompute` (a full score recompute against Polars).
 
@@ -15,6 +17,7 @@ pub mod clv;
 pub mod driver;
 pub mod echo;
 pub mod hot_scores;
+pub mod loyalty;
 pub mod purchases;
 pub mod recompute;
 pub mod report;

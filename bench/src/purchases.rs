@@ -43,6 +43,16 @@ fn purchase(n: u64) -> pb::Purchase {
     }
 }
 
+/// Purchase `n` made now: [`purchase`]'s order id, amount and channel without an occurrence
+/// time, so interaction records it at its own clock (after a loyalty program's start, which
+/// the purchases of the last year of [`purchase`] all predate).
+pub fn recent_purchase(n: u64) -> pb::Purchase {
+    pb::Purchase {
+        occur_time: None,
+        ..purchase(n)
+    }
+}
+
 /// `IngestPurchases` of `rows` purchases spread over `customers`, in messages of `batch`
 /// rows, one client stream, timed from the call to its response.
 pub async fn ingest(
@@ -52,10 +62,24 @@ pub async fn ingest(
     rows: u64,
     batch: usize,
 ) -> anyhow::Result<Bulk> {
+    ingest_with(channel, tenant, customers, 0..rows, batch, purchase).await
+}
+
+/// [`ingest`] of purchases `numbers` (order ids `order-{n}`, customer `n % len`), each made
+/// by `make`.
+pub async fn ingest_with(
+    channel: Channel,
+    tenant: &Tenant,
+    customers: &[String],
+    numbers: std::ops::Range<u64>,
+    batch: usize,
+    make: fn(u64) -> pb::Purchase,
+) -> anyhow::Result<Bulk> {
     if customers.is_empty() {
         bail!("ingest needs customers");
     }
-    let numbers: Vec<u64> = (0..rows).collect();
+    let rows = numbers.end.saturating_sub(numbers.start);
+    let numbers: Vec<u64> = numbers.collect();
     let messages: Vec<pb::IngestPurchasesRequest> = numbers
         .chunks(batch.max(1))
         .map(|chunk| pb::IngestPurchasesRequest {
@@ -63,7 +87,7 @@ pub async fn ingest(
                 .iter()
                 .map(|&n| pb::PurchaseRow {
                     parent: customers[usize::try_from(n).unwrap_or(0) % customers.len()].clone(),
-                    purchase: Some(purchase(n)),
+                    purchase: Some(make(n)),
                 })
                 .collect(),
         })

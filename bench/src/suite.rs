@@ -71,6 +71,17 @@ impl BenchDatabase {
     }
 }
 
+/// How to start one `crm serve` process besides the defaults of [`CrmProcess::start`].
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Added to the log file's name (`/tmp/crm-bench-<uuid>-<label>.log`).
+    pub label: Option<String>,
+    /// Flags after `serve`.
+    pub args: Vec<String>,
+    /// Environment variables besides `DATABASE_URL`, `REDIS_URL` and `CRM_DATA_DIR`.
+    pub env: Vec<(String, String)>,
+}
+
 /// A running `crm serve` process.
 pub struct CrmProcess {
     pub addr: SocketAddr,
@@ -84,6 +95,18 @@ impl CrmProcess {
     /// inherited `CRM_*`, `DATABASE_URL`, `REDIS_URL` or OTLP settings, reads the address from
     /// the `crm listening on ADDR` line, and waits until every service is SERVING.
     pub async fn start(binary: &Path, database_url: &str, redis_url: &str) -> anyhow::Result<CrmProcess> {
+        Self::start_with(binary, database_url, redis_url, &Launch::default()).await
+    }
+
+    /// [`CrmProcess::start`] with extra flags after `serve` (a `--listen` among them replaces
+    /// `127.0.0.1:0`) and extra environment (e.g. `CRM_INTERNAL_TOKEN`): one process of a split
+    /// suite.
+    pub async fn start_with(
+        binary: &Path,
+        database_url: &str,
+        redis_url: &str,
+        launch: &Launch,
+    ) -> anyhow::Result<CrmProcess> {
         if !binary.is_file() {
             bail!(
                 "{} does not exist: build it with `cargo build --release -p crm` or pass --crm-bin",
@@ -93,7 +116,10 @@ impl CrmProcess {
         let run = uuid::Uuid::now_v7().simple().to_string();
         let data_dir = std::env::temp_dir().join(format!("crm-bench-{run}-data"));
         std::fs::create_dir_all(&data_dir).context("create the data directory")?;
-        let log_path = std::env::temp_dir().join(format!("crm-bench-{run}.log"));
+        let log_path = match &launch.label {
+            Some(label) => std::env::temp_dir().join(format!("crm-bench-{run}-{label}.log")),
+            None => std::env::temp_dir().join(format!("crm-bench-{run}.log")),
+        };
         let log_file = std::fs::File::create(&log_path).context("create the crm log file")?;
         let mut command = Command::new(binary);
         for (key, _) in std::env::vars() {
@@ -105,8 +131,13 @@ impl CrmProcess {
                 command.env_remove(key);
             }
         }
+        command.arg("serve");
+        if !launch.args.iter().any(|arg| arg == "--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(&launch.args)
+            .envs(launch.env.iter().map(|(key, value)| (key, value)))
             .env("NO_COLOR", "1")
             .env("CRM_DATA_DIR", &data_dir)
             .env("DATABASE_URL", database_url)
@@ -156,6 +187,11 @@ impl CrmProcess {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Polls `grpc.health.v1.Health/Check` for the process-wide entry `""` until SERVING.

@@ -1,5 +1,7 @@
 //! `crm-load`: a closed-loop gRPC load generator against a `crm` process it starts itself, each
-//! workload reported next to a baseline measured in the same run.
+//! workload reported next to a baseline measured in the same run. The loyalty workloads
+//! (`accruals`, `redeem-contended`, `redeem-spread`) start a split suite of their own
+//! (`crm_bench::loyalty`) and are not in the default list.
 //!
 //! ```sh
 //! cargo build --release -p crm -p crm-bench
@@ -17,6 +19,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use crm_bench::driver::closed_loop;
 use crm_bench::echo::EchoServer;
+use crm_bench::loyalty::{self, AccrualOptions, LoyaltySuite, RedeemOptions};
 use crm_bench::purchases;
 use crm_bench::report::{Row, grouped, table};
 use crm_bench::suite::{BenchDatabase, CrmProcess, connect_pool};
@@ -31,6 +34,8 @@ const GOAL_WARM_RATIO: f64 = 0.5;
 const GOAL_WARM_P99_MICROS: u64 = 2_000;
 /// The goal of the interaction issue: IngestPurchases at >= 0.5x `psql \copy` rows/s.
 const GOAL_INGEST_RATIO: f64 = 0.5;
+/// The goal of the loyalty earning issue: >= 5,000 accruals/s on PostgreSQL.
+const GOAL_ACCRUALS_PER_SECOND: f64 = 5_000.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Workload {
@@ -49,6 +54,14 @@ enum Workload {
     /// A purchase's delay until the hot-score hash in Redis shows it, under a steady purchase
     /// rate, against the same delay with no other load.
     HotScores,
+    /// loyalty's catch-up on N purchases (split topology, loyalty stopped during the ingest),
+    /// against a bare consumer reading the same N events from interaction's internal feed.
+    Accruals,
+    /// RedeemReward from every task on ONE account, against GetAccount of that account.
+    RedeemContended,
+    /// RedeemReward with each task on an account of its own, against GetAccount of those
+    /// accounts.
+    RedeemSpread,
 }
 
 #[derive(Debug, Parser)]
@@ -107,6 +120,26 @@ struct Args {
     /// Background purchases per second while hot-scores probes.
     #[arg(long, default_value_t = 1_000)]
     hot_scores_rate: u64,
+    /// Purchases loyalty catches up on in the accruals workload.
+    #[arg(long, default_value_t = 100_000)]
+    accrual_purchases: u64,
+    /// Purchases ingested while loyalty runs after the catch-up (accruals-live); 0 for none.
+    #[arg(long, default_value_t = 20_000)]
+    accrual_live_purchases: u64,
+    /// Customers the accruals' purchases are spread over.
+    #[arg(long, default_value_t = 2_000)]
+    accrual_customers: u64,
+    /// Give the loyalty program two tiers (silver at 1,000, gold at 10,000 qualifying points).
+    #[arg(long)]
+    accrual_tiers: bool,
+    /// Seconds loyalty may take to catch up before accruals reports what it did.
+    #[arg(long, default_value_t = 900)]
+    accrual_timeout: u64,
+    /// `ANALYZE` the database after the accruals' ingest, then loyalty's tables every this many
+    /// seconds while it catches up (what autovacuum's autoanalyze does on a server that runs
+    /// it); 0 never.
+    #[arg(long, default_value_t = 0)]
+    accrual_analyze_secs: u64,
 }
 
 #[tokio::main]
@@ -138,6 +171,10 @@ struct Run<'a> {
     tenant: Tenant,
     echo_channels: Vec<Channel>,
     crm: Option<(&'a CrmProcess, &'a BenchDatabase)>,
+    /// DATABASE_URL and REDIS_URL, when a workload needs the suite.
+    env: Option<(String, String)>,
+    /// The split suite of the loyalty workloads, started when they start.
+    loyalty: Option<LoyaltySuite>,
     rows: Vec<Row>,
 }
 
@@ -153,7 +190,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         || wants(Workload::IngestPurchases)
         || wants(Workload::CreatePurchase)
         || wants(Workload::HotScores);
-    let env = if needs_suite {
+    let env = if needs_suite || needs_loyalty(&args) {
         Some((required_env("DATABASE_URL")?, required_env("REDIS_URL")?))
     } else {
         None
@@ -168,7 +205,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
 
     let mut suite = None;
-    if let Some((database_url, redis_url)) = &env {
+    if let Some((database_url, redis_url)) = env.as_ref().filter(|_| needs_suite) {
         let database = BenchDatabase::create(database_url).await?;
         eprintln!(
             "database {} created; starting {}",
@@ -208,6 +245,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         tenant,
         echo_channels,
         crm: suite.as_ref().map(|(process, database)| (process, database)),
+        env: env.clone(),
+        loyalty: None,
         rows: Vec::new(),
     };
     let outcome = tokio::select! {
@@ -215,16 +254,25 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     let rows = std::mem::take(&mut context.rows);
+    let loyalty_suite = context.loyalty.take();
     drop(context);
 
     let mut crashed = None;
+    if let Some(mut loyalty_suite) = loyalty_suite {
+        crashed = loyalty_suite.crashed();
+        loyalty_suite.stop().await;
+    }
     if let Some((mut process, database)) = suite {
         if let Some(status) = process.exited() {
-            crashed = Some(format!(
+            let message = format!(
                 "the crm process exited during the run ({status}); the end of its log ({}):\n{}",
                 process.log_path.display(),
                 process.log_tail(40)
-            ));
+            );
+            crashed = Some(match crashed {
+                Some(loyalty) => format!("{loyalty}\n{message}"),
+                None => message,
+            });
         }
         process.stop().await;
         if let Err(error) = database.drop_database().await {
@@ -242,6 +290,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     print_goal(&rows);
     print_ingest_goal(&rows);
+    print_accruals_goal(&rows);
 
     let mut failed = false;
     for row in &rows {
@@ -272,6 +321,41 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn needs_loyalty(args: &Args) -> bool {
+    [
+        Workload::Accruals,
+        Workload::RedeemContended,
+        Workload::RedeemSpread,
+    ]
+    .iter()
+    .any(|workload| args.workloads.contains(workload))
+}
+
+fn print_accruals_goal(rows: &[Row]) {
+    let Some(accruals) = rows.iter().find(|row| row.workload == "accruals") else {
+        return;
+    };
+    let ratio = rows
+        .iter()
+        .find(|row| row.workload == "feed-read")
+        .filter(|feed| feed.rate() > 0.0)
+        .map(|feed| accruals.rate() / feed.rate());
+    println!(
+        "goal accruals >= {} accruals/s on PostgreSQL: {} ({:.0} accruals/s over a catch-up of {}{})",
+        GOAL_ACCRUALS_PER_SECOND,
+        if accruals.rate() >= GOAL_ACCRUALS_PER_SECOND && accruals.errors == 0 {
+            "MET"
+        } else {
+            "MISSED"
+        },
+        accruals.rate(),
+        grouped(accruals.count),
+        ratio
+            .map(|ratio| format!(", {ratio:.3}x the bare feed read"))
+            .unwrap_or_default()
+    );
 }
 
 fn print_ingest_goal(rows: &[Row]) {
@@ -323,7 +407,6 @@ fn print_goal(rows: &[Row]) {
 /// Runs the selected workloads in order, pushing one row per measurement.
 async fn measure(context: &mut Run<'_>) -> anyhow::Result<()> {
     let args = context.args;
-    let wants = |workload: Workload| args.workloads.contains(&workload);
     let duration = Duration::from_secs(args.duration);
     let warmup = Duration::from_secs(args.warmup);
     let concurrency = args.concurrency.max(1);
@@ -341,9 +424,122 @@ async fn measure(context: &mut Run<'_>) -> anyhow::Result<()> {
         let measured = closed_loop(callers, warmup, duration).await?;
         context.rows.push(Row::from_measured("echo", &measured, None));
     }
-    let Some((process, database)) = context.crm else {
-        return Ok(());
-    };
+    if let Some((process, database)) = context.crm {
+        measure_suite(context, process, database).await?;
+    }
+    if needs_loyalty(args) {
+        measure_loyalty(context).await?;
+    }
+    Ok(())
+}
+
+/// The loyalty workloads, on a split suite of their own (see `crm_bench::loyalty`).
+async fn measure_loyalty(context: &mut Run<'_>) -> anyhow::Result<()> {
+    let args = context.args;
+    let wants = |workload: Workload| args.workloads.contains(&workload);
+    let concurrency = args.concurrency.max(1);
+    let (database_url, redis_url) = context
+        .env
+        .clone()
+        .context("the loyalty workloads need DATABASE_URL and REDIS_URL")?;
+    eprintln!(
+        "loyalty: starting the split suite (P1: customer-profile, interaction, segmentation, gateway; P2: loyalty)"
+    );
+    let suite = LoyaltySuite::start(&args.crm_bin, &database_url, &redis_url).await?;
+    println!(
+        "loyalty suite: P1 on {} (log {}), P2 (loyalty) on {} (log {}), database {}",
+        suite.front.addr,
+        suite.front.log_path.display(),
+        suite.loyalty_url(),
+        suite
+            .loyalty_logs
+            .last()
+            .map(|path| path.display().to_string())
+            .unwrap_or_default(),
+        suite.database_name()
+    );
+    let suite = context.loyalty.insert(suite);
+    let (front, loyalty_channels) = loyalty::channels(suite, args.connections).await?;
+    workloads::configure_tenant(front[0].clone(), &context.tenant).await?;
+    loyalty::set_program(loyalty_channels[0].clone(), &context.tenant, args.accrual_tiers).await?;
+
+    if wants(Workload::Accruals) {
+        let started = Instant::now();
+        let customers = loyalty::customers(
+            &front,
+            &context.tenant,
+            40_000_000,
+            args.accrual_customers.max(1),
+            concurrency,
+        )
+        .await
+        .context("setup of accruals")?;
+        eprintln!(
+            "accruals: created {} customers in {:.1} s",
+            customers.len(),
+            started.elapsed().as_secs_f64()
+        );
+        let rows = loyalty::accruals(
+            suite,
+            &context.tenant,
+            &front,
+            &customers,
+            AccrualOptions {
+                purchases: args.accrual_purchases,
+                live_purchases: args.accrual_live_purchases,
+                batch: args.ingest_batch,
+                tiers: args.accrual_tiers,
+                limit: Duration::from_secs(args.accrual_timeout),
+                analyze_every: (args.accrual_analyze_secs > 0)
+                    .then(|| Duration::from_secs(args.accrual_analyze_secs)),
+            },
+        )
+        .await?;
+        context.rows.extend(rows);
+    }
+
+    if wants(Workload::RedeemContended) || wants(Workload::RedeemSpread) {
+        let customers = loyalty::customers(
+            &front,
+            &context.tenant,
+            50_000_000,
+            concurrency as u64 + 1,
+            concurrency,
+        )
+        .await
+        .context("setup of the redemptions")?;
+        // P2 may have restarted (accruals): new connections to it.
+        let (_, loyalty_channels) = loyalty::channels(suite, args.connections).await?;
+        let rows = loyalty::redemptions(
+            suite,
+            &context.tenant,
+            &loyalty_channels,
+            &customers,
+            RedeemOptions {
+                contended: wants(Workload::RedeemContended),
+                spread: wants(Workload::RedeemSpread),
+                concurrency,
+                warmup: Duration::from_secs(args.warmup),
+                duration: Duration::from_secs(args.duration),
+            },
+        )
+        .await?;
+        context.rows.extend(rows);
+    }
+    Ok(())
+}
+
+/// The workloads of the one-process suite.
+async fn measure_suite(
+    context: &mut Run<'_>,
+    process: &CrmProcess,
+    database: &BenchDatabase,
+) -> anyhow::Result<()> {
+    let args = context.args;
+    let wants = |workload: Workload| args.workloads.contains(&workload);
+    let duration = Duration::from_secs(args.duration);
+    let warmup = Duration::from_secs(args.warmup);
+    let concurrency = args.concurrency.max(1);
     let channels = connect_pool(&process.url(), args.connections).await?;
     workloads::configure_tenant(channels[0].clone(), &context.tenant).await?;
 
