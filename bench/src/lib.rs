@@ -6,6 +6,7 @@
 //! - [`echo`]: the bare tonic baseline, a `grpc.health.v1` server in-process;
 //! - [`suite`]: a fresh PostgreSQL database and a `crm serve` process per run;
 //! - [`workloads`]: setup and callers of each customer-profile workload;
+//! - [`batch_get`]: BatchGetCustomers against GetCustomer, in names per second;
 //! - [`purchases`]: the interaction workloads (ingest against `\copy`, unary purchases);
 //! - [`hot_scores`]: how soon a purchase shows in the hot-score hash under load;
 //! - [`loyalty`]: loyalty's catch-up on purchases and redemptions under contention, on a split
@@ -13,6 +14,7 @@
 //! - [`report`]: the table;
 //! - [`recompute`]: the parts of `crm-recompute` (a full score recompute against Polars).
 
+pub mod batch_get;
 pub mod clv;
 pub mod driver;
 pub mod echo;

@@ -62,6 +62,9 @@ enum Workload {
     /// RedeemReward with each task on an account of its own, against GetAccount of those
     /// accounts.
     RedeemSpread,
+    /// BatchGetCustomers of `--batch-get-size` names a call, against GetCustomer of one name a
+    /// call, in names per second.
+    BatchGet,
 }
 
 #[derive(Debug, Parser)]
@@ -96,6 +99,12 @@ struct Args {
     /// Customers created with CreateCustomer for lookup-warm.
     #[arg(long, default_value_t = 2_000)]
     lookup_customers: u64,
+    /// Customers batch-get reads.
+    #[arg(long, default_value_t = 2_000)]
+    batch_get_customers: u64,
+    /// Names per BatchGetCustomers call.
+    #[arg(long, default_value_t = 100)]
+    batch_get_size: usize,
     /// Size of the hot set of lookup-warm.
     #[arg(long, default_value_t = 100)]
     hot_set: usize,
@@ -189,7 +198,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         || wants(Workload::Import)
         || wants(Workload::IngestPurchases)
         || wants(Workload::CreatePurchase)
-        || wants(Workload::HotScores);
+        || wants(Workload::HotScores)
+        || wants(Workload::BatchGet);
     let env = if needs_suite || needs_loyalty(&args) {
         Some((required_env("DATABASE_URL")?, required_env("REDIS_URL")?))
     } else {
@@ -578,6 +588,70 @@ async fn measure_suite(
             "LookupCustomer{{phone: \"138xxxxxxxx\"}} round robin over a hot set of {} (of {} customers), each looked up once before",
             hot.len(),
             args.lookup_customers
+        ));
+        context.rows.push(row);
+    }
+
+    if wants(Workload::BatchGet) {
+        let started = Instant::now();
+        let first = 30_000_000;
+        let names: Vec<String> = workloads::create_customers(
+            &channels,
+            &context.tenant,
+            first..first + args.batch_get_customers.max(1),
+            concurrency,
+        )
+        .await
+        .context("setup of batch-get")?
+        .into_iter()
+        .map(|target| target.name)
+        .collect();
+        eprintln!(
+            "batch-get: created {} customers in {:.1} s; measuring get-customer (baseline) then batch-get",
+            names.len(),
+            started.elapsed().as_secs_f64()
+        );
+        let names = Arc::new(names);
+        let size = args.batch_get_size.max(1);
+        let client =
+            |task: usize| crm_bench::workloads::ProfileClient::new(channels[task % channels.len()].clone());
+        let callers = (0..concurrency)
+            .map(|task| {
+                crm_bench::batch_get::GetCaller::new(
+                    client(task),
+                    context.tenant.clone(),
+                    Arc::clone(&names),
+                    task,
+                    concurrency,
+                )
+            })
+            .collect();
+        let measured = closed_loop(callers, warmup, duration).await?;
+        let mut baseline = Row::from_measured("get-customer", &measured, None);
+        baseline.unit = "names";
+        baseline.note = Some(format!(
+            "GetCustomer of one name a call, round robin over {} customers (cached after the first pass)",
+            names.len()
+        ));
+        context.rows.push(baseline);
+        let callers = (0..concurrency)
+            .map(|task| {
+                crm_bench::batch_get::BatchCaller::new(
+                    client(task),
+                    context.tenant.clone(),
+                    Arc::clone(&names),
+                    size,
+                    task,
+                    concurrency,
+                )
+            })
+            .collect();
+        let measured = closed_loop(callers, warmup, duration).await?;
+        let mut row = Row::from_measured("batch-get", &measured, Some("get-customer"));
+        row.unit = "names";
+        row.count = measured.ok * size as u64;
+        row.note = Some(format!(
+            "BatchGetCustomers of {size} consecutive names a call; latency is per call"
         ));
         context.rows.push(row);
     }
