@@ -844,9 +844,162 @@ async fn campaigns_quotes_and_other_sources(suite: &Suite) {
     assert_eq!(crm_tests::violated_field(&bad_cursor).as_deref(), Some("cursor"));
 }
 
+/// A campaign for a segment's members asks segmentation, a birthday campaign reads the
+/// customer's `birthday` attribute: both apply to the customer they name and to no one else,
+/// in the quote and in the recorded purchase.
+async fn segment_and_birthday_campaigns(suite: &Suite) {
+    let tenant = unique_tenant("campaign-who");
+    let mut profiles: Profiles = suite.profile_client().await;
+    let mut interactions: Interactions = suite.interaction_client().await;
+    let mut segments = suite.segmentation_client().await;
+    let mut loyalty = suite.loyalty_client().await;
+    loyalty
+        .update_program(with_tenant(
+            &tenant,
+            pb::UpdateProgramRequest {
+                program: Some(pb::Program {
+                    tiers: Vec::new(),
+                    referral_bonus_points: 0,
+                    ..program()
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let vip = segments
+        .create_segment(with_tenant(
+            &tenant,
+            crm_tests::segmentation::CreateSegmentRequest {
+                segment: Some(crm_tests::segmentation::Segment {
+                    display_name: "VIP".into(),
+                    expression: r#""vip" in tags"#.into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let today = chrono::Utc::now().format("%m-%d").to_string();
+    let vic = create_customer(&mut profiles, &tenant, {
+        let mut customer = new_customer(profile::CustomerKind::Consumer, "Vic");
+        customer.tags = vec!["vip".into()];
+        customer.attributes.insert(
+            "birthday".into(),
+            profile::AttributeValue {
+                value: Some(profile::attribute_value::Value::StringValue(format!(
+                    "1990-{today}"
+                ))),
+            },
+        );
+        customer
+    })
+    .await;
+    let reg = create_customer(
+        &mut profiles,
+        &tenant,
+        new_customer(profile::CustomerKind::Consumer, "Reg"),
+    )
+    .await;
+    eventually("Vic is in the VIP segment", WAIT, || {
+        let mut segments = segments.clone();
+        let (tenant, segment, vic) = (tenant.clone(), vip.name.clone(), vic.clone());
+        async move {
+            segments
+                .check_segment_membership(with_tenant(
+                    &tenant,
+                    crm_tests::segmentation::CheckSegmentMembershipRequest {
+                        segment,
+                        customer: vic,
+                    },
+                ))
+                .await
+                .is_ok_and(|response| response.into_inner().member)
+        }
+    })
+    .await;
+    let start = {
+        let now = chrono::Utc::now() - chrono::TimeDelta::minutes(1);
+        prost_types::Timestamp {
+            seconds: now.timestamp(),
+            nanos: 0,
+        }
+    };
+    let segment_id = vip.name.trim_start_matches("segments/").to_owned();
+    for (id, conditions, points) in [
+        (
+            "vip-bonus",
+            pb::CampaignConditions {
+                segment_ids: vec![segment_id],
+                ..Default::default()
+            },
+            7,
+        ),
+        (
+            "birthday",
+            pb::CampaignConditions {
+                birthday_only: true,
+                ..Default::default()
+            },
+            11,
+        ),
+    ] {
+        loyalty
+            .create_campaign(with_tenant(
+                &tenant,
+                pb::CreateCampaignRequest {
+                    campaign: Some(campaign(
+                        start,
+                        conditions,
+                        pb::campaign_bonus::Kind::FixedPoints(points),
+                        None,
+                    )),
+                    campaign_id: id.into(),
+                    request_id: String::new(),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    let quoted = quote(&mut loyalty, &tenant, &vic, 2_000, "").await.unwrap();
+    let mut awarded: Vec<(String, i64)> = quoted
+        .campaign_awards
+        .iter()
+        .map(|award| (award.campaign.clone(), award.points))
+        .collect();
+    awarded.sort();
+    assert_eq!(
+        awarded,
+        vec![
+            ("campaigns/birthday".to_owned(), 11),
+            ("campaigns/vip-bonus".to_owned(), 7)
+        ]
+    );
+    assert_eq!(quoted.total_points, 38);
+    assert_eq!(
+        quote(&mut loyalty, &tenant, &reg, 2_000, "")
+            .await
+            .unwrap()
+            .total_points,
+        20
+    );
+    purchase(&mut interactions, &tenant, &vic, "v1", 2_000).await;
+    purchase(&mut interactions, &tenant, &reg, "r1", 2_000).await;
+    balances_become(
+        &loyalty,
+        &tenant,
+        &[(&vic, 38), (&reg, 20)],
+        "Vic got both bonuses, Reg none",
+    )
+    .await;
+}
+
 async fn run(topology: Topology, backend: Backend) {
     let mut suite = Suite::start(crm(), topology, backend).await;
     campaigns_quotes_and_other_sources(&suite).await;
+    segment_and_birthday_campaigns(&suite).await;
     let (tenant, want) = earning(&suite).await;
     redelivered_events_change_nothing(&mut suite, &tenant, &want).await;
     erasure(&suite, &tenant, &want).await;
